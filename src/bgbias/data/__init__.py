@@ -1,0 +1,1 @@
+"""Datasets, synthetic data, background pools and foreground masks."""

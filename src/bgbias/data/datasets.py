@@ -1,0 +1,296 @@
+"""Dataset loaders behind one interface: each format lists (path, class) records, and
+`build_index` turns them into a checked, class-disjoint train/val/test index.
+
+Formats (DESIGN.md section 2 for the paper's splits):
+- cars196: `cars_annos.mat` + `car_ims/`
+- cub200:  the `CUB_200_2011/` folder (images.txt, image_class_labels.txt, classes.txt, images/)
+- sop:     `Ebay_train.txt` / `Ebay_test.txt` (train file split into train/val by class id)
+- folder:  one subfolder per class
+- csv:     a `path,label[,split]` file (paths relative to the dataset root)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from bgbias.config import DatasetConfig, IndexConfig
+from bgbias.data.images import is_image_file, to_rgb
+from bgbias.errors import BgbiasError
+from bgbias.files import write_json, write_text
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image as a loader lists it, before checks. `split` is set by formats that fix it."""
+
+    path: str  # relative to the dataset root, with '/' separators
+    class_id: int  # 1-based
+    class_name: str
+    split: str | None = None
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    class_id: int
+    class_name: str
+    split: str
+
+
+@dataclass
+class DatasetIndex:
+    root: Path
+    samples: list[Sample]
+    dropped_classes: list[dict] = field(default_factory=list)
+    skipped_images: list[dict] = field(default_factory=list)
+
+    def split(self, name: str) -> list[Sample]:
+        return [s for s in self.samples if s.split == name]
+
+    def summary(self) -> dict:
+        per_split = {
+            name: {"images": len(items), "classes": len({s.class_id for s in items})}
+            for name in SPLITS
+            for items in [self.split(name)]
+        }
+        return {
+            "root": str(self.root),
+            "splits": per_split,
+            "dropped_classes": self.dropped_classes,
+            "skipped_images": self.skipped_images,
+        }
+
+    def write(self, csv_path: Path) -> None:
+        rows = ["path,class_id,class_name,split"]
+        rows += [_csv_line([s.path, s.class_id, s.class_name, s.split]) for s in self.samples]
+        write_text(csv_path, "\n".join(rows) + "\n")
+        write_json(csv_path.with_suffix(".json"), self.summary())
+
+    @classmethod
+    def read(cls, csv_path: Path, root: Path) -> DatasetIndex:
+        if not csv_path.is_file():
+            raise BgbiasError(f"dataset index not found: {csv_path} (run `dvc repro index` first)")
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            samples = [
+                Sample(r["path"], int(r["class_id"]), r["class_name"], r["split"]) for r in csv.DictReader(f)
+            ]
+        return cls(root=root, samples=samples)
+
+
+def _csv_line(values: Iterable) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(values)
+    return buf.getvalue()
+
+
+def _require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise BgbiasError(f"missing {what}: {path}")
+    return path
+
+
+def _read_table(path: Path, what: str) -> list[list[str]]:
+    """Whitespace-separated rows of a CUB/SOP index file, blank lines ignored."""
+    lines = _require_file(path, what).read_text(encoding="utf-8").splitlines()
+    return [line.split() for line in lines if line.strip()]
+
+
+# ---- loaders: DatasetConfig -> records ---------------------------------------------------
+
+
+def load_cars196(cfg: DatasetConfig) -> list[Record]:
+    from scipy.io import loadmat
+
+    mat_path = _require_file(cfg.root / "cars_annos.mat", "Cars196 annotation file")
+    try:
+        mat = loadmat(mat_path, squeeze_me=True)
+    except Exception as exc:  # scipy raises several types for a bad file
+        raise BgbiasError(f"{mat_path}: cannot read Cars196 annotations ({exc})") from None
+    if "annotations" not in mat:
+        raise BgbiasError(f"{mat_path}: no 'annotations' variable (not a cars_annos.mat?)")
+    names = [str(n) for n in mat["class_names"]] if "class_names" in mat else []
+    records = []
+    for ann in mat["annotations"].ravel() if mat["annotations"].ndim else [mat["annotations"].item()]:
+        class_id = int(ann["class"])
+        name = names[class_id - 1] if 0 < class_id <= len(names) else str(class_id)
+        records.append(Record(str(ann["relative_im_path"]), class_id, name))
+    return records
+
+
+def load_cub200(cfg: DatasetConfig) -> list[Record]:
+    root = cfg.root
+    images = {row[0]: row[1] for row in _read_table(root / "images.txt", "CUB index file")}
+    labels = {row[0]: int(row[1]) for row in _read_table(root / "image_class_labels.txt", "CUB label file")}
+    names = {}
+    if (root / "classes.txt").is_file():
+        names = {int(row[0]): row[1] for row in _read_table(root / "classes.txt", "CUB class file")}
+    missing = sorted(set(images) - set(labels), key=int)
+    if missing:
+        raise BgbiasError(f"{root / 'image_class_labels.txt'}: no label for image id {missing[0]}")
+    return [
+        Record(f"images/{rel}", labels[img_id], names.get(labels[img_id], str(labels[img_id])))
+        for img_id, rel in images.items()
+    ]
+
+
+def _sop_file(path: Path) -> list[tuple[int, str]]:
+    rows = _read_table(path, "SOP index file")
+    if not rows or rows[0][:2] != ["image_id", "class_id"]:
+        raise BgbiasError(f"{path}: expected header 'image_id class_id super_class_id path'")
+    try:
+        return [(int(r[1]), r[3]) for r in rows[1:]]
+    except (IndexError, ValueError):
+        raise BgbiasError(f"{path}: malformed row (expected 'image_id class_id super_class_id path')") from None
+
+
+def load_sop(cfg: DatasetConfig) -> list[Record]:
+    split = cfg.effective_split()
+    records = []
+    for class_id, rel in _sop_file(cfg.root / "Ebay_train.txt"):
+        records.append(Record(rel, class_id, rel.split("/")[-1].rsplit("_", 1)[0], split.split_of(class_id)))
+    for class_id, rel in _sop_file(cfg.root / "Ebay_test.txt"):
+        records.append(Record(rel, class_id, rel.split("/")[-1].rsplit("_", 1)[0], "test"))
+    return records
+
+
+def _natural_key(text: str) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+def _ranked(names: Iterable[str]) -> dict[str, int]:
+    return {name: rank for rank, name in enumerate(sorted(set(names), key=_natural_key), start=1)}
+
+
+def load_folder(cfg: DatasetConfig) -> list[Record]:
+    if not cfg.root.is_dir():
+        raise BgbiasError(f"dataset root not found: {cfg.root}")
+    files = sorted(p for p in cfg.root.rglob("*") if p.is_file() and is_image_file(p))
+    pairs = [(p.relative_to(cfg.root).as_posix(), p.relative_to(cfg.root).parts[0]) for p in files]
+    pairs = [(rel, cls) for rel, cls in pairs if "/" in rel]  # images directly in root have no class
+    ids = _ranked(cls for _, cls in pairs)
+    return [Record(rel, ids[cls], cls) for rel, cls in pairs]
+
+
+def load_csv(cfg: DatasetConfig) -> list[Record]:
+    path = _require_file(cfg.root / cfg.index_file, "csv index file")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = set(reader.fieldnames or [])
+        if not {"path", "label"} <= columns:
+            raise BgbiasError(f"{path}: needs columns 'path' and 'label' (has {sorted(columns)})")
+        rows = list(reader)
+    ids = _ranked(r["label"] for r in rows)
+    has_split = "split" in columns and cfg.class_split is None
+    records = []
+    for line_no, r in enumerate(rows, start=2):
+        split = r["split"].strip() if has_split else None
+        if has_split and split not in SPLITS:
+            raise BgbiasError(f"{path}:{line_no}: split must be one of {', '.join(SPLITS)} (got {split!r})")
+        records.append(Record(r["path"], ids[r["label"]], r["label"], split))
+    return records
+
+
+LOADERS: dict[str, Callable[[DatasetConfig], list[Record]]] = {
+    "cars196": load_cars196,
+    "cub200": load_cub200,
+    "sop": load_sop,
+    "folder": load_folder,
+    "csv": load_csv,
+}
+
+
+# ---- checks --------------------------------------------------------------------------------
+
+
+def _assign_splits(records: list[Record], cfg: DatasetConfig, name: str) -> list[Record]:
+    if all(r.split is not None for r in records):
+        # A class must not appear in two splits: retrieval splits are class-disjoint.
+        splits_of = defaultdict(set)
+        for r in records:
+            splits_of[r.class_id].add(r.split)
+        shared = [c for c, s in splits_of.items() if len(s) > 1]
+        if shared and cfg.format == "csv":
+            raise BgbiasError(f"dataset '{name}': class '{shared[0]}' appears in several splits")
+        return records
+    split = cfg.effective_split()
+    if split is None:
+        raise BgbiasError(f"datasets.{name}.class_split is required for format '{cfg.format}' "
+                          "(e.g. {train: {first: 1, last: 50}, val: ..., test: ...})")
+    out = [Record(r.path, r.class_id, r.class_name, r.split or split.split_of(r.class_id)) for r in records]
+    return [r for r in out if r.split is not None]  # classes outside every range are not used
+
+
+def _decode_error(path: Path) -> str | None:
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (64, 64))  # JPEG: decode at reduced size, still reads every byte
+            image.load()
+            to_rgb(image)
+    except Exception as exc:  # PIL raises many types for bad files
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _check_decodable(root: Path, records: list[Record], workers: int) -> dict[str, str]:
+    paths = [root / r.path for r in records]
+    desc = "checking images"
+    if workers > 1 and len(paths) > 64:
+        with ProcessPoolExecutor(workers) as pool:
+            errors = list(tqdm(pool.map(_decode_error, paths, chunksize=64), total=len(paths), desc=desc))
+    else:
+        errors = [_decode_error(p) for p in tqdm(paths, desc=desc, disable=len(paths) < 64)]
+    return {r.path: e for r, e in zip(records, errors) if e is not None}
+
+
+def build_index(cfg: DatasetConfig, policy: IndexConfig, name: str) -> DatasetIndex:
+    """List, split and check a dataset; bad inputs fail or are skipped and reported, per `policy`."""
+    if not cfg.root.exists():
+        raise BgbiasError(f"datasets.{name}.root not found: {cfg.root}")
+    records = _assign_splits(LOADERS[cfg.format](cfg), cfg, name)
+    if not records:
+        raise BgbiasError(f"dataset '{name}' at {cfg.root}: no images listed")
+
+    missing = [r.path for r in records if not (cfg.root / r.path).is_file()]
+    if missing:
+        raise BgbiasError(f"dataset '{name}': image listed but not found: {cfg.root / missing[0]}"
+                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+    bad = _check_decodable(cfg.root, records, policy.workers)
+    if bad and policy.on_corrupt_image == "fail":
+        path, err = next(iter(bad.items()))
+        raise BgbiasError(f"cannot decode image {cfg.root / path} ({err}); "
+                          "set index.on_corrupt_image: skip to skip such images")
+    skipped = [{"path": p, "error": e} for p, e in sorted(bad.items())]
+    for item in skipped:
+        log.warning("skipping undecodable image %s (%s)", item["path"], item["error"])
+    records = [r for r in records if r.path not in bad]
+
+    counts = Counter(r.class_id for r in records)
+    small = sorted(c for c, n in counts.items() if n < policy.min_images_per_class)
+    names = {r.class_id: r.class_name for r in records}
+    if small and policy.on_small_class == "fail":
+        c = small[0]
+        raise BgbiasError(f"dataset '{name}': class '{names[c]}' has {counts[c]} image(s), retrieval needs "
+                          f">= {policy.min_images_per_class}; set index.on_small_class: drop to drop it")
+    dropped = [{"class_id": c, "class_name": names[c], "images": counts[c]} for c in small]
+    for item in dropped:
+        log.warning("dropping class %s with %d image(s)", item["class_name"], item["images"])
+    records = [r for r in records if counts[r.class_id] >= policy.min_images_per_class]
+
+    samples = [Sample(r.path, r.class_id, r.class_name, r.split) for r in records]
+    return DatasetIndex(root=cfg.root, samples=samples, dropped_classes=dropped, skipped_images=skipped)

@@ -1,0 +1,44 @@
+"""Where each stage writes, relative to the project root (the folder of params.yaml).
+
+Stage outputs live outside `data/`, which data.dvc owns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def synthetic(self) -> Path:
+        return self.outputs / "synthetic"
+
+    @property
+    def backgrounds(self) -> Path:
+        return self.outputs / "backgrounds"
+
+    def index_csv(self, dataset: str) -> Path:
+        return self.outputs / "index" / f"{dataset}.csv"
+
+    def masks(self, dataset: str) -> Path:
+        return self.outputs / "masks" / dataset
+
+    @property
+    def masks_report(self) -> Path:
+        return self.reports / "masks.json"
+
+    @property
+    def mask_quality_report(self) -> Path:
+        return self.reports / "mask_quality.json"
