@@ -68,8 +68,8 @@ class DatasetIndex:
             for name in SPLITS
             for items in [self.split(name)]
         }
+        # No absolute paths: the file must be identical in every clone (it is a DVC output).
         return {
-            "root": str(self.root),
             "splits": per_split,
             "dropped_classes": self.dropped_classes,
             "skipped_images": self.skipped_images,
