@@ -15,6 +15,7 @@ identical for a given seed, whatever the number of worker processes.
 from __future__ import annotations
 
 import colorsys
+import functools
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,7 @@ def shape_inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
+@functools.cache
 def _shape_area(shape: str) -> float:
     """Area of the shape in object-frame units (the [-1, 1]^2 square has area 4)."""
     g = np.linspace(-1, 1, 401)

@@ -1,0 +1,107 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+from bgbias.data.masks import MaskJob, U2netpMasker, compute_masks, folder_jobs
+from tests.conftest import object_image
+
+
+def test_masks_equal_rembg_u2netp(tmp_path, assets_dir, monkeypatch):
+    monkeypatch.setenv("U2NET_HOME", str(assets_dir))  # rembg finds the local model; no download
+    from rembg import new_session
+
+    theirs = new_session("u2netp")
+    ours = U2netpMasker(assets_dir / "u2netp.onnx", threads=1)
+    for seed, size in ((0, 48), (1, 64), (2, 33)):
+        image = Image.open(object_image(tmp_path / f"{seed}.png", size=size, seed=seed)).convert("RGB")
+        expected = np.asarray(theirs.predict(image)[0])
+        got = np.asarray(ours.predict(image))
+        assert got.shape == (size, size)
+        assert np.array_equal(got, expected)
+
+
+def test_folder_masks_mirror_relative_paths(tmp_path, assets_dir):
+    object_image(tmp_path / "in" / "a" / "x.jpg", size=40)
+    object_image(tmp_path / "in" / "b" / "c" / "y.png", size=30, seed=1)
+    jobs = folder_jobs(tmp_path / "in", tmp_path / "out")
+    report = compute_masks(jobs, assets_dir / "u2netp.onnx", workers=1, progress=False)
+    assert (report.written, report.existing, report.failed) == (2, 0, [])
+    assert Image.open(tmp_path / "out" / "a" / "x.png").size == (40, 40)
+    mask = Image.open(tmp_path / "out" / "b" / "c" / "y.png")
+    assert mask.mode == "L" and mask.size == (30, 30)
+    # u2netp finds the disc: its centre is foreground, a corner is background
+    arr = np.asarray(mask)
+    assert arr[15, 15] > 128 and arr[1, 1] < 128
+    again = compute_masks(jobs, assets_dir / "u2netp.onnx", workers=1, progress=False)
+    assert (again.written, again.existing) == (0, 2)
+
+
+def test_failed_image_is_reported_not_masked(tmp_path, assets_dir):
+    object_image(tmp_path / "in" / "ok.png")
+    (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    report = compute_masks(folder_jobs(tmp_path / "in", tmp_path / "out"), assets_dir / "u2netp.onnx",
+                           workers=1, progress=False)
+    assert report.written == 1
+    assert [f["image"].rsplit("/", 1)[-1] for f in report.failed] == ["broken.jpg"]
+    assert not (tmp_path / "out" / "broken.png").exists()
+
+
+def test_two_workers_give_the_same_masks(tmp_path, assets_dir):
+    for i in range(6):
+        object_image(tmp_path / "in" / f"{i}.png", size=36, seed=i)
+    model = assets_dir / "u2netp.onnx"
+    compute_masks(folder_jobs(tmp_path / "in", tmp_path / "one"), model, workers=1, progress=False)
+    compute_masks(folder_jobs(tmp_path / "in", tmp_path / "two"), model, workers=2, progress=False)
+    for i in range(6):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "one" / f"{i}.png")),
+                              np.asarray(Image.open(tmp_path / "two" / f"{i}.png")))
+
+
+def test_resume_after_sigkill(tmp_path, assets_dir):
+    n = 60
+    for i in range(n):
+        object_image(tmp_path / "in" / f"{i:02d}.png", size=40, seed=i)
+    cmd = [sys.executable, "-m", "bgbias", "masks", str(tmp_path / "in"), str(tmp_path / "out"),
+           "--assets-dir", str(assets_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((tmp_path / "out").glob("*.png"))) < 5:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list((tmp_path / "out").glob("*.png")))
+    assert 5 <= done_before < n, "the kill should land mid-run"
+    # Whatever survived the kill is a complete, decodable mask (no half-written .png).
+    for path in (tmp_path / "out").glob("*.png"):
+        assert Image.open(path).size == (40, 40)
+
+    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    written = int(result.stdout.split()[0])
+    assert written == n - done_before
+    assert not list((tmp_path / "out").glob("*.partial"))
+
+    reference = tmp_path / "ref"
+    compute_masks(folder_jobs(tmp_path / "in", reference), assets_dir / "u2netp.onnx", workers=1, progress=False)
+    for i in range(n):
+        name = f"{i:02d}.png"
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / name)), np.asarray(Image.open(reference / name)))
+
+
+def test_masks_cli_without_args_needs_both_dirs(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bgbias", "masks", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: usage: bgbias masks IMAGES_DIR OUT_DIR "
+                                     "(or no arguments to run the pipeline stage)")
+
+
+def test_job_paths_drop_extension(tmp_path):
+    (tmp_path / "in" / "d").mkdir(parents=True)
+    (tmp_path / "in" / "d" / "p.JPEG").write_bytes(b"")
+    (tmp_path / "in" / "notes.txt").write_text("x")
+    assert folder_jobs(tmp_path / "in", tmp_path / "o") == [MaskJob(tmp_path / "in" / "d" / "p.JPEG",
+                                                                      tmp_path / "o" / "d" / "p.png")]

@@ -1,0 +1,33 @@
+import subprocess
+import sys
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "bgbias", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_bad_params_is_one_line_error(tmp_path):
+    (tmp_path / "params.yaml").write_text("dataset: synthetic\nloss: center\ndatasets: {}\n")
+    result = run("--params", str(tmp_path / "params.yaml"), "check")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "loss" in lines[0]
+
+
+def test_unknown_dataset_stage_fails_before_work(tmp_path):
+    (tmp_path / "params.yaml").write_text(
+        "dataset: cars\nloss: triplet\ndatasets:\n  synthetic: {format: csv, root: x}\n")
+    result = run("--params", str(tmp_path / "params.yaml"), "index")
+    assert result.returncode == 2
+    assert "unknown dataset 'cars'" in result.stderr and "synthetic" in result.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_masks_stage_without_assets_says_what_to_run(tmp_path):
+    (tmp_path / "params.yaml").write_text(
+        "dataset: toy\nloss: triplet\nassets_dir: nothing_here\ndatasets:\n  toy: {format: csv, root: x}\n")
+    (tmp_path / "outputs" / "index").mkdir(parents=True)
+    (tmp_path / "outputs" / "index" / "toy.csv").write_text("path,class_id,class_name,split\n")
+    result = run("--params", str(tmp_path / "params.yaml"), "masks")
+    assert result.returncode == 2
+    assert "missing rembg u2netp segmentation model" in result.stderr and "make setup" in result.stderr
