@@ -78,6 +78,17 @@ def cmd_mask_quality(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2))
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from bgbias.engine.train import fit
+    from bgbias.tracking import MlflowTracker, NullTracker
+
+    params, layout = _params(args)
+    tracker = NullTracker() if args.no_track else MlflowTracker.for_project(layout.root)
+    result = fit(params, layout, args.mode, tracker, resume=args.resume)
+    if result:
+        print(json.dumps(result, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bgbias", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -103,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--assets-dir", help="folder holding u2netp.onnx (default: assets_dir from params)")
     p.set_defaults(func=cmd_masks)
 
+    p = sub.add_parser("train", help="stage: train one mode (base | bgaugment); torchrun for several processes")
+    p.add_argument("--mode", required=True, choices=("base", "bgaugment"))
+    p.add_argument("--resume", action="store_true",
+                   help="continue from outputs/train/<dataset>/<mode>/last.pt if it is an unfinished run "
+                        "of the same configuration (else start from scratch)")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("mask-quality", help="stage (no arguments), or IoU of PRED_DIR masks against GT_DIR")
     p.add_argument("pred_dir", nargs="?")
     p.add_argument("gt_dir", nargs="?")
@@ -115,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    if not args.verbose:  # per-call chatter of pytorch-metric-learning and faiss
+        for name in ("PML", "faiss.loader"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         args.func(args)
     except BgbiasError as exc:

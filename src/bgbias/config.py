@@ -20,6 +20,9 @@ DATASET_FORMATS = ("cars196", "cub200", "sop", "folder", "csv")
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+BACKBONES = ("efficientnet_lite0", "bninception", "resnet50")
+MODES = ("base", "bgaugment")
 
 
 class Section(BaseModel):
@@ -145,6 +148,68 @@ class MaskQualityConfig(Section):
     threshold: Annotated[int, Field(ge=1, le=255)] = 128
 
 
+class ModelConfig(Section):
+    backbone: Literal["efficientnet_lite0", "bninception", "resnet50"] = "efficientnet_lite0"
+    embedding_dim: PositiveInt = 128
+    # The paper keeps every BatchNorm in eval mode (no running-stat updates) while training.
+    freeze_bn: bool = True
+    # ImageNet weights file: required for bninception, optional for resnet50 (random
+    # init with a warning otherwise); efficientnet_lite0 uses the offline asset.
+    weights: Path | None = None
+
+
+class TrainConfig(Section):
+    """Defaults are the paper's (DESIGN.md section 2); params.yaml shrinks them for CPU."""
+
+    epochs: PositiveInt = 100  # upper bound; early stopping usually ends sooner
+    iterations_per_epoch: PositiveInt = 100
+    patience: PositiveInt = 15  # epochs without a better validation MAP@R
+    batch_size: Annotated[int, Field(ge=2)] = 32
+    m_per_class: PositiveInt = 4  # classification losses always use 1
+    lr: PositiveFloat = 1e-6  # embedder (backbone + embedding layer)
+    lr_embedding: PositiveFloat | None = None  # embedding layer; None = lr
+    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    resize: Annotated[int, Field(ge=16)] = 256  # eval: shorter side, then centre crop
+    crop: Annotated[int, Field(ge=16)] = 227
+    crop_scale: tuple[Probability, Probability] = (0.16, 1.0)
+    crop_ratio: tuple[PositiveFloat, PositiveFloat] = (0.75, 4 / 3)
+    bgaugment_p: Probability = 1.0  # share of training images whose background is replaced
+    eval_batch_size: PositiveInt = 128
+    workers: Annotated[int, Field(ge=0)] | None = None  # DataLoader workers; None: 0 on CPU, 8 on CUDA
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.crop > self.resize:
+            raise ValueError(f"crop ({self.crop}) must be <= resize ({self.resize})")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1]:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high (got {self.crop_scale})")
+        if self.crop_ratio[0] > self.crop_ratio[1]:
+            raise ValueError(f"crop_ratio must satisfy low <= high (got {self.crop_ratio})")
+        return self
+
+
+class LossParamsConfig(Section):
+    # paper: the paper's values for cars196/cub200/sop formats, documented defaults otherwise.
+    source: Literal["paper"] = "paper"
+    # Per-loss overrides on top, e.g. {multi_similarity: {alpha: 2.0}}.
+    overrides: dict[str, dict[str, float]] = {}
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> LossParamsConfig:
+        from bgbias.loss_params import HYPERPARAMETERS
+
+        for loss, values in self.overrides.items():
+            if loss not in HYPERPARAMETERS:
+                raise ValueError(f"unknown loss '{loss}' in overrides; allowed: {', '.join(HYPERPARAMETERS)}")
+            unknown = sorted(set(values) - set(HYPERPARAMETERS[loss]))
+            if unknown:
+                raise ValueError(f"unknown {loss} hyperparameter '{unknown[0]}'; allowed: "
+                                 f"{', '.join(HYPERPARAMETERS[loss])}")
+        return self
+
+
 class Params(Section):
     dataset: str
     loss: Literal["contrastive", "triplet", "multi_similarity", "arcface", "normalized_softmax"]
@@ -156,6 +221,9 @@ class Params(Section):
     backgrounds: BackgroundsConfig = BackgroundsConfig()
     masks: MasksConfig = MasksConfig()
     mask_quality: MaskQualityConfig = MaskQualityConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    loss_params: LossParamsConfig = LossParamsConfig()
 
     @model_validator(mode="after")
     def _known_dataset(self) -> Params:
@@ -192,7 +260,8 @@ def _resolve_paths(params: Params, base: Path) -> Params:
         name: cfg.model_copy(update={"root": absolute(cfg.root), "gt_masks": absolute(cfg.gt_masks)})
         for name, cfg in params.datasets.items()
     }
-    return params.model_copy(update={"datasets": datasets, "assets_dir": absolute(params.assets_dir)})
+    model = params.model.model_copy(update={"weights": absolute(params.model.weights)})
+    return params.model_copy(update={"datasets": datasets, "assets_dir": absolute(params.assets_dir), "model": model})
 
 
 def parse_params(raw: dict, base: Path, source: str = "params") -> Params:

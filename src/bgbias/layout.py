@@ -42,3 +42,9 @@ class Layout:
     @property
     def mask_quality_report(self) -> Path:
         return self.reports / "mask_quality.json"
+
+    def train_dir(self, dataset: str, mode: str) -> Path:
+        return self.outputs / "train" / dataset / mode
+
+    def train_report(self, mode: str) -> Path:
+        return self.reports / "train" / f"{mode}.json"

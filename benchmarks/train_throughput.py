@@ -1,0 +1,120 @@
+"""Training throughput: the full step (data loading + BGAugment + forward/backward/update)
+against the model-only step (forward/backward/update on one batch already on the device),
+in images/s, and their ratio (goal on GPU: >= 0.95, i.e. the input pipeline is hidden).
+
+Uses the project's prepared data (run `dvc repro masks backgrounds` first) and the
+params file's training settings, overridden by the options below. BN-Inception runs
+with random weights here (only its speed matters).
+
+    python benchmarks/train_throughput.py --backbone efficientnet_lite0 --crop 227 --batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from bgbias.config import load_params
+from bgbias.data.bgaugment import BackgroundPool
+from bgbias.data.datasets import DatasetIndex
+from bgbias.data.image_dataset import MaskedImageDataset
+from bgbias.data.sampler import MPerClassBatchSampler
+from bgbias.data.transforms import train_transform
+from bgbias.engine.device import device_setup
+from bgbias.engine.train import TrainStep, optimise, prepare_batch
+from bgbias.layout import Layout
+from bgbias.losses import create_loss
+from bgbias.loss_params import resolve
+from bgbias.models import Embedder, create_model
+from bgbias.models.backbones import Backbone, BNInceptionInput
+
+
+def build_model(backbone: str, params) -> torch.nn.Module:
+    if backbone == "bninception":
+        from bgbias.models.bninception import BNInception
+
+        return Embedder(Backbone(BNInception(), 1024, BNInceptionInput()), params.model.embedding_dim)
+    return create_model(params.model.model_copy(update={"backbone": backbone}), params.assets_dir)
+
+
+def timed(fn, iterations: int, cuda: bool) -> float:
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn(iterations)
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--backbone", default="efficientnet_lite0", choices=("efficientnet_lite0", "bninception"))
+    parser.add_argument("--crop", type=int, default=227)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--mode", default="bgaugment", choices=("base", "bgaugment"))
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: params)")
+    args = parser.parse_args()
+
+    params = load_params(args.params)
+    layout = Layout(Path(args.params).resolve().parent)
+    cfg = params.train.model_copy(update={"crop": args.crop, "resize": max(args.crop, params.train.resize),
+                                          "batch_size": args.batch})
+    setup = device_setup(cfg.device, args.workers if args.workers is not None else cfg.workers)
+    index = DatasetIndex.read(layout.index_csv(params.dataset), params.selected.root)
+    train_set = MaskedImageDataset(index.split("train"), index.root, layout.masks(params.dataset), train_transform(cfg))
+    total_iterations = args.warmup + args.iterations
+    sampler = MPerClassBatchSampler(train_set.labels, cfg.m_per_class, args.batch, total_iterations, params.seed)
+    pool = BackgroundPool.from_folder(layout.backgrounds / "train", cfg.resize, setup.device)
+    pool = pool if args.mode == "bgaugment" else None
+
+    torch.manual_seed(0)
+    model = build_model(args.backbone, params).to(setup.device, memory_format=torch.channels_last)
+    loss = create_loss(params.loss, resolve(params.loss, params.selected.format), train_set.num_classes,
+                       params.model.embedding_dim).loss.to(setup.device)
+    step = TrainStep(model, loss).train()
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    generator = torch.Generator().manual_seed(0)
+
+    # Full step: loader -> device -> BGAugment -> forward/backward/update.
+    batches = iter(DataLoader(train_set, batch_sampler=sampler, **setup.loader_options()))
+
+    def full(n: int) -> None:
+        for _ in range(n):
+            batch, labels, _ = next(batches)
+            images, labels = prepare_batch(batch, labels, setup, pool, generator, cfg.bgaugment_p)
+            optimise(step, optimizer, images, labels, setup)
+
+    timed(full, args.warmup, setup.cuda)
+    full_seconds = timed(full, args.iterations, setup.cuda)
+
+    # Model only: the same kind of batch, already prepared on the device, reused.
+    batch, labels, _ = next(iter(DataLoader(train_set, batch_sampler=sampler, num_workers=0)))
+    images, labels = prepare_batch(batch, labels, setup, pool, generator, cfg.bgaugment_p)
+
+    def model_only(n: int) -> None:
+        for _ in range(n):
+            optimise(step, optimizer, images, labels, setup)
+
+    timed(model_only, args.warmup, setup.cuda)
+    model_seconds = timed(model_only, args.iterations, setup.cuda)
+
+    images_done = args.iterations * args.batch
+    full_rate, model_rate = images_done / full_seconds, images_done / model_seconds
+    device = torch.cuda.get_device_name(setup.device) if setup.cuda else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {device}; backbone {args.backbone}, {args.crop} px, batch {args.batch}, mode {args.mode}, "
+          f"workers {setup.workers}, {args.iterations} timed iterations")
+    print(f"full training step: {full_rate:8.1f} images/s")
+    print(f"model-only step:    {model_rate:8.1f} images/s")
+    print(f"ratio full / model-only: {full_rate / model_rate:.3f} (goal on GPU >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""The embedding model: backbone trunk, global average pooling, linear embedding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from bgbias.config import ModelConfig
+from bgbias.models.backbones import Backbone, create_backbone
+
+
+class Embedder(nn.Module):
+    """RGB batch in [0, 1], [B, 3, H, W] -> embeddings [B, dim] (not normalised: the losses'
+    distances normalise, as in pytorch-metric-learning)."""
+
+    def __init__(self, backbone: Backbone, embedding_dim: int, freeze_bn: bool = True):
+        super().__init__()
+        self.normalize = backbone.normalize
+        self.trunk = backbone.trunk
+        self.embedding = nn.Linear(backbone.num_features, embedding_dim)
+        self.freeze_bn = freeze_bn
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.trunk(self.normalize(images))  # [B, C, h, w]
+        return self.embedding(features.mean(dim=(2, 3)))  # [B, dim]
+
+    def train(self, mode: bool = True) -> Embedder:
+        super().train(mode)
+        if mode and self.freeze_bn:
+            # Frozen BN as in the paper: batch statistics of 32 images of 8 classes would
+            # drift the ImageNet running stats; eval mode uses and keeps them. The affine
+            # weights still train.
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    def parameter_groups(self, lr: float, lr_embedding: float | None) -> list[dict]:
+        return [
+            {"params": list(self.trunk.parameters()), "lr": lr, "name": "trunk"},
+            {"params": list(self.embedding.parameters()), "lr": lr_embedding or lr, "name": "embedding"},
+        ]
+
+
+def create_model(cfg: ModelConfig, assets_dir: Path) -> Embedder:
+    backbone = create_backbone(cfg.backbone, cfg.weights, assets_dir)
+    return Embedder(backbone, cfg.embedding_dim, cfg.freeze_bn)
