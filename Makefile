@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup assets repro test test-slow bench clean
+.PHONY: setup assets repro test test-slow bench ui clean
 
 setup: $(STAMP) assets
 
@@ -34,6 +34,11 @@ test-slow: setup
 bench: setup
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python benchmarks/masks.py
+	$(BIN)/python benchmarks/train_throughput.py --crop 96
+
+# MLflow UI on the project's store (runs of `dvc repro` and every `dvc exp run`).
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --port $${PORT:-5000}
 
 clean:
 	rm -rf $(VENV) outputs reports/*.json

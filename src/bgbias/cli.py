@@ -89,6 +89,37 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(json.dumps(result, indent=2))
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from bgbias.engine.retrieval import evaluate_trained
+    from bgbias.tracking import MlflowTracker, NullTracker
+
+    params, layout = _params(args)
+    tracker = NullTracker() if args.no_track else MlflowTracker.for_project(layout.root)
+    evaluate_trained(params, layout, tracker)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from bgbias.config import MODES
+    from bgbias.engine.checkpoint import load_checkpoint
+    from bgbias.report import write_report
+    from bgbias.tracking import MlflowTracker
+
+    params, layout = _params(args)
+    if not layout.metrics_report.is_file():
+        raise BgbiasError(f"{layout.metrics_report} not found (run `dvc repro evaluate` first)")
+    metrics = json.loads(layout.metrics_report.read_text())
+    results, figure = write_report(metrics, params.selected.format, layout.reports)
+    print(results.read_text())
+    if not args.no_track:
+        tracker = MlflowTracker.for_project(layout.root)
+        for mode in MODES:
+            run_id = load_checkpoint(layout.train_dir(params.dataset, mode) / "last.pt").get("run_id")
+            if run_id:
+                tracker.attach(run_id)
+                tracker.log_artifact(figure, "report")
+                tracker.log_artifact(results, "report")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bgbias", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -121,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "of the same configuration (else start from scratch)")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="stage: test MAP@R / P@1 / R-Precision, clean and replaced backgrounds")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="stage: reports/results.md (Table 1) and the MAP@R bar chart")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("mask-quality", help="stage (no arguments), or IoU of PRED_DIR masks against GT_DIR")
     p.add_argument("pred_dir", nargs="?")

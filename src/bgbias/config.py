@@ -210,6 +210,13 @@ class LossParamsConfig(Section):
         return self
 
 
+class EvalConfig(Section):
+    # Seeded draws of test-pool backgrounds for the replaced-background test set (the
+    # paper: one unseeded draw); metrics.json reports their mean and std.
+    replaced_draws: PositiveInt = 3
+    batch_size: PositiveInt = 128
+
+
 class Params(Section):
     dataset: str
     loss: Literal["contrastive", "triplet", "multi_similarity", "arcface", "normalized_softmax"]
@@ -224,6 +231,7 @@ class Params(Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     loss_params: LossParamsConfig = LossParamsConfig()
+    eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _known_dataset(self) -> Params:

@@ -48,3 +48,10 @@ class Layout:
 
     def train_report(self, mode: str) -> Path:
         return self.reports / "train" / f"{mode}.json"
+
+    def eval_dir(self, dataset: str) -> Path:
+        return self.outputs / "eval" / dataset
+
+    @property
+    def metrics_report(self) -> Path:
+        return self.reports / "metrics.json"

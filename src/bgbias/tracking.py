@@ -27,6 +27,8 @@ class Tracker(Protocol):
     def start(self, experiment: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
               resume_run_id: str | None = None) -> str | None: ...
 
+    def attach(self, run_id: str) -> None: ...
+
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
@@ -41,6 +43,9 @@ class NullTracker:
 
     def start(self, experiment, run_name, params, tags, resume_run_id=None):
         return None
+
+    def attach(self, run_id):
+        pass
 
     def log_metrics(self, metrics, step=None):
         pass
@@ -128,6 +133,10 @@ class MlflowTracker:
         for i in range(0, len(items), 100):  # MLflow's batch limit
             self.client.log_batch(self.run_id, params=items[i:i + 100])
         return self.run_id
+
+    def attach(self, run_id):
+        """Log into an existing (finished) run, e.g. test metrics of a training run."""
+        self.run_id = run_id
 
     def log_metrics(self, metrics, step=None):
         import time

@@ -38,8 +38,9 @@ class BackgroundDraw:
 
 
 class BackgroundPool:
-    def __init__(self, photos: torch.Tensor):
+    def __init__(self, photos: torch.Tensor, names: list[str] | None = None):
         self.photos = photos  # float [N, 3, S, S] in [0, 1]
+        self.names = names or [str(i) for i in range(len(photos))]
 
     @classmethod
     def from_folder(cls, folder: Path, side: int, device: torch.device | str = "cpu") -> BackgroundPool:
@@ -47,7 +48,7 @@ class BackgroundPool:
         if not files:
             raise BgbiasError(f"no background photos in {folder} (run `dvc repro backgrounds`)")
         photos = torch.stack([_square(load_rgb(f), side) for f in files]).float().div_(255.0)
-        return cls(photos.to(device))
+        return cls(photos.to(device), [f.name for f in files])
 
     def __len__(self) -> int:
         return self.photos.shape[0]

@@ -50,3 +50,11 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, f
     calculator = AccuracyCalculator(include=tuple(_PML_NAMES), k="max_bin_count", device=torch.device("cpu"))
     result = calculator.get_accuracy(torch.from_numpy(embeddings), torch.from_numpy(labels))
     return {_PML_NAMES[k]: float(v) for k, v in result.items()}
+
+
+def summarize_draws(per_draw: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean and (population) std of each metric over the background draws."""
+    return {name: {"mean": float(np.mean([d[name] for d in per_draw])),
+                   "std": float(np.std([d[name] for d in per_draw])),
+                   "draws": len(per_draw)}
+            for name in METRICS}

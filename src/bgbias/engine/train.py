@@ -21,7 +21,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -38,6 +37,7 @@ from bgbias.engine.checkpoint import load_checkpoint, save_checkpoint
 from bgbias.engine.device import DeviceSetup, device_setup
 from bgbias.engine.distributed import Distributed, init_distributed
 from bgbias.engine.evaluate import embed, retrieval_metrics
+from bgbias.engine.seeds import VAL_DRAWS, derived_seed
 from bgbias.errors import BgbiasError
 from bgbias.files import write_json
 from bgbias.layout import Layout
@@ -46,14 +46,6 @@ from bgbias.models import create_model
 from bgbias.tracking import NullTracker, Tracker, context_tags
 
 log = logging.getLogger(__name__)
-
-# Fixed offset of the validation background draws' generator (the same every epoch).
-VAL_DRAW_STREAM = 1
-
-
-def derived_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
-
 
 class TrainStep(nn.Module):
     """Model + loss in one module, so DDP also averages the gradients of loss proxies."""
@@ -168,7 +160,7 @@ def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bo
 
     # Train pool: BGAugment's backgrounds and the fixed validation background draws.
     pool = BackgroundPool.from_folder(layout.backgrounds / "train", cfg.resize, setup.device)
-    val_draws = pool.draw(len(val_set), torch.Generator().manual_seed(derived_seed(params.seed, VAL_DRAW_STREAM)))
+    val_draws = pool.draw(len(val_set), torch.Generator().manual_seed(derived_seed(params.seed, VAL_DRAWS)))
     val_loader = DataLoader(val_set, batch_size=cfg.eval_batch_size, shuffle=False, **setup.loader_options())
 
     out_dir = layout.train_dir(params.dataset, mode)

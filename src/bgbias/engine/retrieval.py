@@ -1,0 +1,95 @@
+"""Test-set retrieval of the trained models: MAP@R, P@1 and R-Precision on the clean test
+images and on the same images with backgrounds from the *test* pool (never seen in
+training), over `eval.replaced_draws` seeded draws shared by both modes."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import torch
+from torch.utils.data import DataLoader
+
+from bgbias.config import MODES, ModelConfig, Params
+from bgbias.data.bgaugment import BackgroundDraw, BackgroundPool
+from bgbias.data.datasets import DatasetIndex
+from bgbias.data.image_dataset import MaskedImageDataset
+from bgbias.data.transforms import eval_transform
+from bgbias.engine.checkpoint import load_checkpoint
+from bgbias.engine.device import DeviceSetup, device_setup
+from bgbias.engine.evaluate import METRICS, embed, retrieval_metrics, summarize_draws
+from bgbias.engine.seeds import TEST_DRAWS, derived_seed
+from bgbias.files import write_json, write_text
+from bgbias.layout import Layout
+from bgbias.models import Embedder, create_model
+from bgbias.tracking import NullTracker, Tracker
+
+log = logging.getLogger(__name__)
+
+
+def load_trained(params: Params, layout: Layout, mode: str, device: torch.device) -> tuple[Embedder, dict]:
+    """The best checkpoint of a mode, rebuilt with the model settings it was trained with."""
+    best = load_checkpoint(layout.train_dir(params.dataset, mode) / "best.pt")
+    config = json.loads(best["config"])
+    model = create_model(ModelConfig.model_validate(config["model"]), params.assets_dir)
+    model.load_state_dict(best["model"])
+    return model.to(device, memory_format=torch.channels_last).eval(), config
+
+
+def background_draws(pool: BackgroundPool, n: int, seed: int, count: int) -> list[BackgroundDraw]:
+    return [pool.draw(n, torch.Generator().manual_seed(derived_seed(seed, TEST_DRAWS, d))) for d in range(count)]
+
+
+def _write_draws(path, dataset: MaskedImageDataset, pool: BackgroundPool, draws: list[BackgroundDraw]) -> None:
+    rows = ["image,draw,background,side,centre_x,centre_y"]
+    for d, draw in enumerate(draws):
+        for i, sample in enumerate(dataset.samples):
+            side, cx, cy = draw.box[i].tolist()
+            rows.append(f"{sample.path},{d},{pool.names[draw.photo[i]]},{side:.6f},{cx:.6f},{cy:.6f}")
+    write_text(path, "\n".join(rows) + "\n")
+
+
+def evaluate_mode(model: Embedder, loader: DataLoader, setup: DeviceSetup, pool: BackgroundPool,
+                  draws: list[BackgroundDraw], progress: bool = True) -> dict:
+    clean = retrieval_metrics(*embed(model, loader, setup, desc="test clean", progress=progress))
+    replaced = [retrieval_metrics(*embed(model, loader, setup, pool, draw, desc=f"test replaced {d + 1}",
+                                         progress=progress))
+                for d, draw in enumerate(draws)]
+    return {"clean": clean, "replaced": summarize_draws(replaced)}
+
+
+def evaluate_trained(params: Params, layout: Layout, tracker: Tracker | None = None, progress: bool = True) -> dict:
+    tracker = tracker or NullTracker()
+    cfg = params.train
+    setup = device_setup(cfg.device, cfg.workers)
+    index = DatasetIndex.read(layout.index_csv(params.dataset), params.selected.root)
+    test_set = MaskedImageDataset(index.split("test"), index.root, layout.masks(params.dataset), eval_transform(cfg))
+    loader = DataLoader(test_set, batch_size=params.eval.batch_size, shuffle=False, **setup.loader_options())
+    pool = BackgroundPool.from_folder(layout.backgrounds / "test", cfg.resize, setup.device)
+    draws = background_draws(pool, len(test_set), params.seed, params.eval.replaced_draws)
+    _write_draws(layout.eval_dir(params.dataset) / "test_backgrounds.csv", test_set, pool, draws)
+
+    report: dict = {"dataset": params.dataset, "loss": params.loss, "test_images": len(test_set),
+                    "test_classes": test_set.num_classes, "replaced_draws": len(draws), "modes": {}}
+    for mode in MODES:
+        model, _ = load_trained(params, layout, mode, setup.device)
+        result = evaluate_mode(model, loader, setup, pool, draws, progress)
+        report["modes"][mode] = result
+        clean, replaced = result["clean"]["map_at_r"], result["replaced"]["map_at_r"]["mean"]
+        log.info("%s: test MAP@R clean %.4f, replaced %.4f +- %.4f (relative drop %.1f %%)", mode, clean, replaced,
+                 result["replaced"]["map_at_r"]["std"], 100 * (1 - replaced / clean) if clean else 0.0)
+        run_id = load_checkpoint(layout.train_dir(params.dataset, mode) / "last.pt").get("run_id")
+        if run_id:
+            tracker.attach(run_id)
+            tracker.log_metrics(_flat_test_metrics(result))
+    write_json(layout.metrics_report, report)
+    return report
+
+
+def _flat_test_metrics(result: dict) -> dict[str, float]:
+    """The same names for both modes, so MLflow's compare view lines base and bgaugment up."""
+    flat = {f"test_clean_{m}": result["clean"][m] for m in METRICS}
+    for m in METRICS:
+        flat[f"test_replaced_{m}"] = result["replaced"][m]["mean"]
+        flat[f"test_replaced_{m}_std"] = result["replaced"][m]["std"]
+    return flat
