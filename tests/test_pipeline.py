@@ -2,30 +2,18 @@
 
 import json
 
-import yaml
 from PIL import Image
 
 from bgbias import stages
 from bgbias.config import load_params
 from bgbias.layout import Layout
-
-TINY = {
-    "dataset": "synthetic",
-    "loss": "multi_similarity",
-    "seed": 1,
-    "datasets": {"synthetic": {"format": "csv", "root": "outputs/synthetic/images",
-                               "gt_masks": "outputs/synthetic/masks"}},
-    "synthetic": {"classes": {"train": 2, "val": 2, "test": 2}, "images_per_class": 3, "image_size": 48,
-                  "workers": 1},
-    "backgrounds": {"procedural_per_pool": 2},
-    "index": {"workers": 1},
-}
+from tests.conftest import write_params
 
 
 def test_stages_on_tiny_config(tmp_path, assets_dir):
-    TINY["assets_dir"] = str(assets_dir)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
-    params, layout = load_params(tmp_path / "params.yaml"), Layout(tmp_path)
+    tiny = {"seed": 1, "synthetic": {"classes": {"train": 2, "val": 2, "test": 2}, "images_per_class": 3,
+                                     "image_size": 48}, "backgrounds": {"procedural_per_pool": 2}}
+    params, layout = load_params(write_params(tmp_path, tiny)), Layout(tmp_path)
 
     stages.synthetic(params, layout)
     stages.backgrounds(params, layout)

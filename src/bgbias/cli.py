@@ -98,6 +98,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     evaluate_trained(params, layout, tracker)
 
 
+def cmd_attribute(args: argparse.Namespace) -> None:
+    from bgbias.engine.attribute import attribute_trained
+    from bgbias.tracking import MlflowTracker, NullTracker
+
+    params, layout = _params(args)
+    tracker = NullTracker() if args.no_track else MlflowTracker.for_project(layout.root)
+    attribute_trained(params, layout, tracker)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from bgbias.config import MODES
     from bgbias.engine.checkpoint import load_checkpoint
@@ -108,7 +117,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     if not layout.metrics_report.is_file():
         raise BgbiasError(f"{layout.metrics_report} not found (run `dvc repro evaluate` first)")
     metrics = json.loads(layout.metrics_report.read_text())
-    results, figure = write_report(metrics, params.selected.format, layout.reports)
+    attention = json.loads(layout.attention_report.read_text()) if layout.attention_report.is_file() else None
+    results, figure = write_report(metrics, params.selected.format, layout.reports, attention)
     print(results.read_text())
     if not args.no_track:
         tracker = MlflowTracker.for_project(layout.root)
@@ -156,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="stage: test MAP@R / P@1 / R-Precision, clean and replaced backgrounds")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("attribute", help="stage: SmoothGrad saliency, attention scores, picture grid")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=cmd_attribute)
 
     p = sub.add_parser("report", help="stage: reports/results.md (Table 1) and the MAP@R bar chart")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")

@@ -217,6 +217,13 @@ class EvalConfig(Section):
     batch_size: PositiveInt = 128
 
 
+class AttributionConfig(Section):
+    images: PositiveInt = 60  # seeded sample of test images (all when fewer)
+    batch_size: PositiveInt = 8  # images per step; each expands to noisy_copies inputs
+    noisy_copies: PositiveInt = 25  # SmoothGrad copies (the paper: 25)
+    figure_rows: PositiveInt = 6
+
+
 class Params(Section):
     dataset: str
     loss: Literal["contrastive", "triplet", "multi_similarity", "arcface", "normalized_softmax"]
@@ -232,6 +239,7 @@ class Params(Section):
     train: TrainConfig = TrainConfig()
     loss_params: LossParamsConfig = LossParamsConfig()
     eval: EvalConfig = EvalConfig()
+    attribution: AttributionConfig = AttributionConfig()
 
     @model_validator(mode="after")
     def _known_dataset(self) -> Params:

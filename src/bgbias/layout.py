@@ -55,3 +55,7 @@ class Layout:
     @property
     def metrics_report(self) -> Path:
         return self.reports / "metrics.json"
+
+    @property
+    def attention_report(self) -> Path:
+        return self.reports / "attention.json"

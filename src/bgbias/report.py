@@ -16,6 +16,14 @@ PAPER_TABLE1 = {
 }
 
 
+# The paper's attention scores, base / BGAugment, as ranges over its five losses.
+PAPER_TABLE2 = {
+    "cars196": {"base": "0.49-0.52", "bgaugment": "0.50-0.56"},
+    "cub200": {"base": "0.24-0.26", "bgaugment": "0.30-0.33"},
+    "sop": {"base": "0.07-0.13", "bgaugment": "0.26-0.31"},
+}
+
+
 def relative_drop(clean: float, replaced: float) -> float:
     """Share of clean MAP@R lost with replaced backgrounds (0 = no drop)."""
     return 1.0 - replaced / clean if clean > 0 else 0.0
@@ -41,7 +49,21 @@ def table1(metrics: dict, dataset_format: str) -> str:
     return "\n".join(lines)
 
 
-def results_markdown(metrics: dict, dataset_format: str, figure: str | None = None) -> str:
+def table2(attention: dict, dataset_format: str) -> str:
+    paper = PAPER_TABLE2.get(dataset_format, {})
+    lines = [
+        "| dataset | loss | mode | attention score clean (mean ± std, n) | on replaced backgrounds | paper (all losses) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode, result in attention["modes"].items():
+        c, r = result["clean"], result["replaced"]
+        lines.append(f"| {attention['dataset']} | {attention['loss']} | {mode} | {c['mean']:.3f} ± {c['std']:.3f} "
+                     f"(n={c['n']}) | {r['mean']:.3f} ± {r['std']:.3f} | {paper.get(mode, '-')} |")
+    return "\n".join(lines)
+
+
+def results_markdown(metrics: dict, dataset_format: str, figure: str | None = None,
+                     attention: dict | None = None) -> str:
     parts = [
         "# Results",
         "",
@@ -55,6 +77,19 @@ def results_markdown(metrics: dict, dataset_format: str, figure: str | None = No
     ]
     if figure:
         parts += ["", f"![MAP@R clean vs replaced]({figure})"]
+    if attention:
+        parts += [
+            "",
+            "## Table 2: attention score",
+            "",
+            "SmoothGrad saliency (25 noisy copies) of the distance to a black image's embedding; score = "
+            "(attention share inside the rembg mask - mask share of the image) / (1 - mask share): 0 = spread "
+            "like the pixels, 1 = all on the object.",
+            "",
+            table2(attention, dataset_format),
+            "",
+            "![saliency of base and bgaugment](figures/attribution.png)",
+        ]
     return "\n".join(parts) + "\n"
 
 
@@ -85,9 +120,10 @@ def bar_chart(metrics: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(metrics: dict, dataset_format: str, reports_dir: Path) -> tuple[Path, Path]:
+def write_report(metrics: dict, dataset_format: str, reports_dir: Path,
+                 attention: dict | None = None) -> tuple[Path, Path]:
     figure = reports_dir / "figures" / "map_at_r.png"
     bar_chart(metrics, figure)
     results = reports_dir / "results.md"
-    write_text(results, results_markdown(metrics, dataset_format, "figures/map_at_r.png"))
+    write_text(results, results_markdown(metrics, dataset_format, "figures/map_at_r.png", attention))
     return results, figure

@@ -1,0 +1,114 @@
+"""The attribution stage: saliency maps and attention scores of both modes' best models
+on a seeded sample of test images, clean and with the first evaluation draw of
+test-pool backgrounds; `reports/attention.json` and a picture grid for MLflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bgbias.attribution import attention_score, saliency_maps
+from bgbias.config import MODES, Params
+from bgbias.data.bgaugment import BackgroundPool, replace_backgrounds
+from bgbias.data.datasets import DatasetIndex
+from bgbias.data.image_dataset import MaskedImageDataset
+from bgbias.data.transforms import eval_transform, split_batch
+from bgbias.engine.checkpoint import load_checkpoint
+from bgbias.engine.device import device_setup
+from bgbias.engine.retrieval import background_draws, load_trained
+from bgbias.engine.seeds import derived_seed
+from bgbias.files import atomic_write, write_json
+from bgbias.layout import Layout
+from bgbias.losses import create_loss
+from bgbias.tracking import NullTracker, Tracker
+
+log = logging.getLogger(__name__)
+
+SAMPLE_STREAM = 3
+NOISE_STREAM = 4
+
+
+def _summary(scores: list[float]) -> dict:
+    return {"mean": float(np.mean(scores)), "std": float(np.std(scores)), "n": len(scores)}
+
+
+def attribute_trained(params: Params, layout: Layout, tracker: Tracker | None = None, progress: bool = True) -> dict:
+    tracker = tracker or NullTracker()
+    cfg = params.attribution
+    setup = device_setup(params.train.device, params.train.workers)
+    index = DatasetIndex.read(layout.index_csv(params.dataset), params.selected.root)
+    test_set = MaskedImageDataset(index.split("test"), index.root, layout.masks(params.dataset),
+                                  eval_transform(params.train))
+    rng = np.random.default_rng(derived_seed(params.seed, SAMPLE_STREAM))
+    chosen = np.sort(rng.choice(len(test_set), min(cfg.images, len(test_set)), replace=False))
+    pool = BackgroundPool.from_folder(layout.backgrounds / "test", params.train.resize, setup.device)
+    draw = background_draws(pool, len(test_set), params.seed, 1)[0]  # the evaluate stage's first draw
+
+    report: dict = {"dataset": params.dataset, "loss": params.loss, "images": len(chosen), "modes": {}}
+    pictures: dict = {}
+    for mode in MODES:
+        model, config = load_trained(params, layout, mode, setup.device)
+        # The distance is the loss's own (class count does not affect it).
+        distance = create_loss(config["loss"], config["loss_params"], 2, params.model.embedding_dim).loss.distance
+        generator = torch.Generator().manual_seed(derived_seed(params.seed, NOISE_STREAM))
+        scores: dict[str, list[float]] = {"clean": [], "replaced": []}
+        for start in tqdm(range(0, len(chosen), cfg.batch_size), desc=f"saliency {mode}", disable=not progress):
+            ids = torch.as_tensor(chosen[start:start + cfg.batch_size])
+            batch = torch.stack([test_set[int(i)][0] for i in ids]).to(setup.device)
+            images, masks = split_batch(batch)  # [b, 3, H, W], [b, 1, H, W]
+            replaced = replace_backgrounds(images, masks, pool, draw.select(ids))
+            for condition, x in (("clean", images), ("replaced", replaced)):
+                maps = saliency_maps(model, distance, setup.to_input(x), generator, cfg.noisy_copies)  # [b, H, W]
+                scores[condition] += attention_score(maps, masks[:, 0]).tolist()
+                if start == 0:
+                    pictures.setdefault("image", images.cpu())
+                    pictures.setdefault("mask", masks[:, 0].cpu())
+                    pictures.setdefault("replaced", replaced.cpu())
+                    pictures[f"{mode}_{condition}"] = maps.detach().cpu()
+        report["modes"][mode] = {c: _summary(s) for c, s in scores.items()}
+        log.info("%s: attention score clean %.3f +- %.3f, replaced %.3f +- %.3f (n=%d)", mode,
+                 report["modes"][mode]["clean"]["mean"], report["modes"][mode]["clean"]["std"],
+                 report["modes"][mode]["replaced"]["mean"], report["modes"][mode]["replaced"]["std"], len(chosen))
+    write_json(layout.attention_report, report)
+    figure = layout.reports / "figures" / "attribution.png"
+    attribution_grid(pictures, min(cfg.figure_rows, len(chosen)), figure)
+    for mode in MODES:
+        run_id = load_checkpoint(layout.train_dir(params.dataset, mode) / "last.pt").get("run_id")
+        if run_id:
+            tracker.attach(run_id)
+            tracker.log_metrics({f"test_attention_{c}": v["mean"] for c, v in report["modes"][mode].items()})
+            tracker.log_artifact(figure, "attribution")
+            tracker.log_artifact(layout.attention_report, "attribution")
+    return report
+
+
+def attribution_grid(pictures: dict, rows: int, path) -> None:
+    """Rows: test images; columns: image, mask, base and bgaugment saliency, then the same
+    on the replaced background."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [("image", "image"), ("mask", "mask"), ("base_clean", "base"), ("bgaugment_clean", "bgaugment"),
+               ("replaced", "replaced bg"), ("base_replaced", "base"), ("bgaugment_replaced", "bgaugment")]
+    fig, axes = plt.subplots(rows, len(columns), figsize=(1.6 * len(columns), 1.6 * rows), dpi=100, squeeze=False)
+    for r in range(rows):
+        for c, (key, title) in enumerate(columns):
+            ax = axes[r][c]
+            value = pictures[key][r]
+            if value.ndim == 3:  # RGB [3, H, W]
+                ax.imshow(value.permute(1, 2, 0).clamp(0, 1).numpy())
+            else:
+                ax.imshow(value.numpy(), cmap="gray" if key == "mask" else "inferno", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
