@@ -107,6 +107,25 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     attribute_trained(params, layout, tracker)
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from bgbias.tracking import MlflowTracker, NullTracker
+    from bgbias.tuning import run_worker, tune
+
+    params, layout = _params(args)
+    if args.loss:
+        params = params.model_copy(update={"loss": args.loss})
+
+    def new_tracker():
+        return NullTracker() if args.no_track else MlflowTracker.for_project(layout.root)
+
+    if args.worker_index is not None:  # one of `--workers N` processes
+        run_worker(params, layout, params.loss, new_tracker, worker=args.worker_index)
+        return
+    summary = tune(params, layout, params.loss, new_tracker, Path(args.params).resolve(), workers=args.workers,
+                   track=not args.no_track)
+    print(json.dumps(summary, indent=2, default=str))
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from bgbias.config import MODES
     from bgbias.engine.checkpoint import load_checkpoint
@@ -170,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attribute", help="stage: SmoothGrad saliency, attention scores, picture grid")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p.set_defaults(func=cmd_attribute)
+
+    p = sub.add_parser("tune", help="Optuna study of a loss's hyperparameters (val MAP@R of base training)")
+    p.add_argument("--loss", choices=("contrastive", "triplet", "multi_similarity", "arcface", "normalized_softmax"),
+                   help="loss to tune (default: `loss` from params)")
+    p.add_argument("--workers", type=int, help="local processes sharing the study (default: tune.workers)")
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("report", help="stage: reports/results.md (Table 1) and the MAP@R bar chart")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")

@@ -191,8 +191,9 @@ class TrainConfig(Section):
 
 
 class LossParamsConfig(Section):
-    # paper: the paper's values for cars196/cub200/sop formats, documented defaults otherwise.
-    source: Literal["paper"] = "paper"
+    # paper: the paper's values for cars196/cub200/sop formats, documented defaults otherwise;
+    # tuned: the best values of `bgbias tune` (params/tuned/<dataset>/<loss>.yaml).
+    source: Literal["paper", "tuned"] = "paper"
     # Per-loss overrides on top, e.g. {multi_similarity: {alpha: 2.0}}.
     overrides: dict[str, dict[str, float]] = {}
 
@@ -224,6 +225,18 @@ class AttributionConfig(Section):
     figure_rows: PositiveInt = 6
 
 
+class TuneConfig(Section):
+    n_trials: PositiveInt = 20  # total over all workers and reruns (a rerun continues the study)
+    timeout: PositiveFloat | None = None  # seconds per `bgbias tune` call
+    epochs: PositiveInt = 3  # trial budget: epochs of train.iterations_per_epoch
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    search_lr: bool = False  # also search train.lr
+    workers: PositiveInt = 1  # local processes sharing the study
+    # None: an Optuna journal file under outputs/tune/ (safe for local processes); or an
+    # RDB URL (e.g. postgresql://user:pass@host/db) for workers on several machines.
+    storage: str | None = None
+
+
 class Params(Section):
     dataset: str
     loss: Literal["contrastive", "triplet", "multi_similarity", "arcface", "normalized_softmax"]
@@ -240,6 +253,7 @@ class Params(Section):
     loss_params: LossParamsConfig = LossParamsConfig()
     eval: EvalConfig = EvalConfig()
     attribution: AttributionConfig = AttributionConfig()
+    tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="after")
     def _known_dataset(self) -> Params:

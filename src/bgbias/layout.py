@@ -59,3 +59,9 @@ class Layout:
     @property
     def attention_report(self) -> Path:
         return self.reports / "attention.json"
+
+    def tuned_params(self, dataset: str, loss: str) -> Path:
+        return self.root / "params" / "tuned" / dataset / f"{loss}.yaml"
+
+    def tune_dir(self, dataset: str, loss: str) -> Path:
+        return self.outputs / "tune" / dataset / loss

@@ -55,9 +55,23 @@ DEFAULT: dict[str, dict[str, float]] = {
 }
 
 
-def resolve(loss: str, dataset_format: str, overrides: dict[str, float] | None = None) -> dict[str, float]:
-    """The hyperparameters a run uses: paper values for the dataset's format (else the
-    defaults), then the user's overrides on top."""
-    values = dict(PAPER.get(dataset_format, {}).get(loss) or DEFAULT[loss])
+# Optuna search spaces (name -> (low, high, log scale)), each covering the paper's values
+# for all three datasets (table above) and the defaults. `lr` (the embedder's learning
+# rate) is searched too when `tune.search_lr` is set.
+SEARCH_SPACES: dict[str, dict[str, tuple[float, float, bool]]] = {
+    "contrastive": {"pos_margin": (-0.25, 0.5, False), "neg_margin": (0.2, 1.5, False)},
+    "triplet": {"margin": (0.01, 0.5, True)},
+    "multi_similarity": {"alpha": (0.005, 20.0, True), "beta": (1.0, 100.0, True), "base": (0.0, 1.0, False)},
+    "arcface": {"margin": (5.0, 60.0, False), "scale": (10.0, 300.0, True), "lr_loss": (1e-6, 1e-1, True)},
+    "normalized_softmax": {"temperature": (0.01, 0.5, True), "lr_loss": (1e-5, 1e-1, True)},
+}
+LR_SEARCH_SPACE = (1e-6, 1e-3, True)
+
+
+def resolve(loss: str, dataset_format: str, overrides: dict[str, float] | None = None,
+            tuned: dict[str, float] | None = None) -> dict[str, float]:
+    """The hyperparameters a run uses: tuned values when given, else the paper's values
+    for the dataset's format (else the defaults); then the user's overrides on top."""
+    values = dict(tuned if tuned is not None else (PAPER.get(dataset_format, {}).get(loss) or DEFAULT[loss]))
     values.update(overrides or {})
     return values

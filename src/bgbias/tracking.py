@@ -33,6 +33,8 @@ class Tracker(Protocol):
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
 
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
+
     def finish(self, status: str = "FINISHED") -> None: ...
 
 
@@ -51,6 +53,9 @@ class NullTracker:
         pass
 
     def log_artifact(self, path, artifact_path=None):
+        pass
+
+    def set_tags(self, tags):
         pass
 
     def finish(self, status="FINISHED"):
@@ -149,6 +154,12 @@ class MlflowTracker:
 
     def log_artifact(self, path, artifact_path=None):
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags):
+        from mlflow.entities import RunTag
+
+        if self.run_id:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def finish(self, status="FINISHED"):
         if self.run_id:

@@ -19,9 +19,12 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -83,7 +86,17 @@ def optimise(step: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Te
     return value.detach()
 
 
-def run_config(params: Params, mode: str) -> dict:
+def tuned_values(params: Params, layout: Layout) -> dict[str, float] | None:
+    if params.loss_params.source != "tuned":
+        return None
+    path = layout.tuned_params(params.dataset, params.loss)
+    if not path.is_file():
+        raise BgbiasError(f"loss_params.source is 'tuned' but {path} does not exist "
+                          f"(run `bgbias tune --loss {params.loss}` or `dvc repro pipelines/tune/dvc.yaml`)")
+    return {k: float(v) for k, v in yaml.safe_load(path.read_text())["loss_params"].items()}
+
+
+def run_config(params: Params, mode: str, layout: Layout) -> dict:
     """Everything that defines a training run (logged as MLflow params, fingerprinted for resume)."""
     fmt = params.selected.format
     return {
@@ -94,7 +107,8 @@ def run_config(params: Params, mode: str) -> dict:
         "seed": params.seed,
         "model": params.model.model_dump(mode="json"),
         "train": params.train.model_dump(mode="json"),
-        "loss_params": loss_params.resolve(params.loss, fmt, params.loss_params.overrides.get(params.loss)),
+        "loss_params": loss_params.resolve(params.loss, fmt, params.loss_params.overrides.get(params.loss),
+                                           tuned_values(params, layout)),
     }
 
 
@@ -111,8 +125,22 @@ def _validate(model: nn.Module, loader: DataLoader, setup: DeviceSetup, pool: Ba
     return {**{f"val_{k}": v for k, v in clean.items()}, **{f"val_replaced_{k}": v for k, v in replaced.items()}}
 
 
+@dataclass
+class RunTarget:
+    """Where a training writes and how it is tracked; the default is the pipeline's
+    `outputs/train/<dataset>/<mode>/` and `reports/train/<mode>.json`. Tuning trials
+    write elsewhere and report each epoch to their trial."""
+
+    out_dir: Path | None = None
+    report: Path | None = None
+    run_name: str | None = None
+    experiment: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None
+
+
 def fit(params: Params, layout: Layout, mode: str, tracker: Tracker | None = None, resume: bool = False,
-        progress: bool = True) -> dict:
+        progress: bool = True, target: RunTarget | None = None) -> dict:
     if mode not in MODES:
         raise BgbiasError(f"unknown mode '{mode}'; allowed: {', '.join(MODES)}")
     cfg = params.train
@@ -120,15 +148,16 @@ def fit(params: Params, layout: Layout, mode: str, tracker: Tracker | None = Non
     setup = device_setup(cfg.device, cfg.workers, int(os.environ.get("LOCAL_RANK", "0")))
     ddp = init_distributed(setup.cuda)
     try:
-        return _fit(params, layout, mode, tracker, resume, progress and ddp.is_main, setup, ddp)
+        return _fit(params, layout, mode, tracker, resume, progress and ddp.is_main, setup, ddp,
+                    target or RunTarget())
     finally:
         ddp.close()
 
 
 def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bool, progress: bool,
-         setup: DeviceSetup, ddp: Distributed) -> dict:
+         setup: DeviceSetup, ddp: Distributed, target: RunTarget) -> dict:
     cfg = params.train
-    config = run_config(params, mode)
+    config = run_config(params, mode, layout)
     index_csv = layout.index_csv(params.dataset)
     index = DatasetIndex.read(index_csv, params.selected.root)
     masks_dir = layout.masks(params.dataset)
@@ -163,7 +192,7 @@ def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bo
     val_draws = pool.draw(len(val_set), torch.Generator().manual_seed(derived_seed(params.seed, VAL_DRAWS)))
     val_loader = DataLoader(val_set, batch_size=cfg.eval_batch_size, shuffle=False, **setup.loader_options())
 
-    out_dir = layout.train_dir(params.dataset, mode)
+    out_dir = target.out_dir or layout.train_dir(params.dataset, mode)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     fingerprint = _fingerprint(config, index_csv)
     state = _resumable_state(last_path, fingerprint) if resume else None
@@ -184,9 +213,11 @@ def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bo
         data = {"train_images": len(train_set), "train_classes": train_set.num_classes,
                 "val_images": len(val_set), "val_classes": val_set.num_classes, "world_size": ddp.world_size,
                 "device": str(setup.device), "m_per_class": m, "selection_metric": selection}
-        tags = {"mode": mode, "dataset": params.dataset, "loss": params.loss, "backbone": params.model.backbone,
+        tags = {**target.tags, "mode": mode, "dataset": params.dataset, "loss": params.loss,
+                "backbone": params.model.backbone,
                 **context_tags(layout.root)}
-        state["run_id"] = tracker.start(params.dataset, f"{mode}-{params.loss}", {**config, "data": data}, tags,
+        state["run_id"] = tracker.start(target.experiment or params.dataset, target.run_name or f"{mode}-{params.loss}",
+                                        {**config, "data": data}, tags,
                                         resume_run_id=state["run_id"])
     log.info("%s: %d train images (%d classes), %d val images; %d epochs x %d iterations of %d on %s",
              mode, len(train_set), train_set.num_classes, len(val_set), cfg.epochs, cfg.iterations_per_epoch,
@@ -228,7 +259,9 @@ def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bo
             state["epoch"] = epoch
             stop = state["bad_epochs"] >= cfg.patience
             save_checkpoint(last_path, _last_state(state, model, loss, optimizer, fingerprint, finished=False))
-            tracker.log_metrics({k: v for k, v in metrics.items()}, step=epoch)
+            tracker.log_metrics(metrics, step=epoch)
+            if target.on_epoch is not None:
+                target.on_epoch(epoch, metrics)  # may raise (a pruned tuning trial): last.pt is saved
             log.info("%s epoch %d: loss %.4f, val MAP@R %.4f, replaced %.4f%s", mode, epoch, train_loss,
                      metrics["val_map_at_r"], metrics["val_replaced_map_at_r"], " *" if improved else "")
         stopped_early = ddp.broadcast_flag(stop)
@@ -237,7 +270,8 @@ def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bo
 
     result = {}
     if ddp.is_main:
-        result = _finish(state, mode, params, layout, selection, stopped_early, tracker, best_path)
+        result = _finish(state, mode, params, target.report or layout.train_report(mode), selection, stopped_early,
+                         tracker, best_path)
         save_checkpoint(last_path, _last_state(state, model, loss, optimizer, fingerprint, finished=True))
     ddp.barrier()
     return result
@@ -263,7 +297,7 @@ def _last_state(state: dict, model: nn.Module, loss: nn.Module, optimizer: torch
             "fingerprint": fingerprint, "finished": finished}
 
 
-def _finish(state: dict, mode: str, params: Params, layout: Layout, selection: str, stopped_early: bool,
+def _finish(state: dict, mode: str, params: Params, report_path: Path, selection: str, stopped_early: bool,
             tracker: Tracker, best_path: Path) -> dict:
     best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
     result = {
@@ -279,7 +313,7 @@ def _finish(state: dict, mode: str, params: Params, layout: Layout, selection: s
         "processes": int(torch.distributed.get_world_size()) if torch.distributed.is_initialized() else 1,
         **{k: v for k, v in best.items() if k.startswith("val_")},
     }
-    write_json(layout.train_report(mode), result)
+    write_json(report_path, result)
     tracker.log_metrics({f"best_{k}": v for k, v in best.items() if k.startswith("val_")}, step=state["best_epoch"])
     tracker.log_artifact(best_path, "checkpoints")
     tracker.finish()
