@@ -219,7 +219,7 @@ class EvalConfig(Section):
 
 
 class AttributionConfig(Section):
-    images: PositiveInt = 60  # seeded sample of test images (all when fewer)
+    images: PositiveInt = 40  # seeded sample of test images (all when fewer)
     batch_size: PositiveInt = 8  # images per step; each expands to noisy_copies inputs
     noisy_copies: PositiveInt = 25  # SmoothGrad copies (the paper: 25)
     figure_rows: PositiveInt = 6
