@@ -34,7 +34,8 @@ def test_exp_run_with_another_loss_retrains_only_the_training(tmp_path):
     # DVC wants every params section that dvc.yaml declares to be present.
     params = {**TINY_TRAIN, "train": {**TINY_TRAIN["train"], "epochs": 1}, "masks": {"workers": 1},
               "mask_quality": {"threshold": 128}, "model": {"backbone": "efficientnet_lite0"},
-              "loss_params": {"source": "paper"}}
+              "loss_params": {"source": "paper"}, "eval": {"replaced_draws": 1},
+              "attribution": {"images": 4, "batch_size": 2, "noisy_copies": 2, "figure_rows": 2}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     (repo / ".gitignore").write_text("/data\n/mlruns\n")
     _run(["git", "init", "-q"], repo)
@@ -47,6 +48,7 @@ def test_exp_run_with_another_loss_retrains_only_the_training(tmp_path):
     out = _run(["dvc", "exp", "run", "-S", "loss=contrastive"], repo)
     assert "Running stage 'train@base'" in out and "Running stage 'train@bgaugment'" in out
     assert "Running stage 'masks'" not in out and "Running stage 'synthetic'" not in out
+    assert "Running stage 'evaluate'" in out and "Running stage 'report'" in out  # downstream of training
     for mode in ("base", "bgaugment"):
         report = json.loads((repo / "reports" / "train" / f"{mode}.json").read_text())
         assert report["loss"] == "contrastive" and report["epochs_run"] == 1

@@ -37,6 +37,8 @@ def test_study_resumes_writes_best_params_and_logs_parent_and_child_runs(tiny_pr
     trackers = lambda: MlflowTracker.for_project(tiny_project)  # noqa: E731
     first = _tune(tiny_project, _params(tiny_project), trackers)
     assert first["trials"] == 3 and first["states"]["COMPLETE"] == 3
+    first_trial = tuning.load_study(_params(tiny_project), layout, "triplet").trials[0]
+    assert first_trial.params == {"margin": 0.05}  # trial 0: the default value training would use
     before = {t.number: t.params for t in tuning.load_study(_params(tiny_project), layout, "triplet").trials}
 
     summary = _tune(tiny_project, _params(tiny_project, n_trials=5), trackers)

@@ -194,12 +194,25 @@ def tune(params: Params, layout: Layout, loss: str, new_tracker: Callable[[], Tr
     if parent_run_id:
         study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)
 
+    if not study.trials:
+        # Trial 0 = the values training uses today, so the study shows what tuning gains.
+        study.enqueue_trial(_start_point(params, layout, loss))
     workers = workers or params.tune.workers
     if workers == 1:
         run_worker(params, layout, loss, new_tracker, progress=progress)
     else:
         _run_parallel(params_file, loss, workers, track)
     return _conclude(load_study(params, layout, loss), params, layout, loss, parent)
+
+
+def _start_point(params: Params, layout: Layout, loss: str) -> dict[str, float]:
+    from bgbias.loss_params import resolve
+
+    values = resolve(loss, params.selected.format, params.loss_params.overrides.get(loss))
+    point = {name: min(max(values[name], low), high) for name, (low, high, _) in SEARCH_SPACES[loss].items()}
+    if params.tune.search_lr:
+        point["lr"] = params.train.lr
+    return point
 
 
 def _run_parallel(params_file: Path, loss: str, workers: int, track: bool) -> None:
