@@ -34,3 +34,24 @@ def test_stages_on_tiny_config(tmp_path, assets_dir):
     (masks[0]).unlink()
     stages.masks(params, layout)
     assert len(sorted((tmp_path / "outputs" / "masks" / "synthetic").rglob("*.png"))) == 18
+
+
+def test_masks_of_changed_images_are_recomputed(tmp_path, assets_dir):
+    # A re-rendered dataset keeps its paths: the index's content hashes must make the
+    # masks stage redo exactly the masks whose image changed.
+    tiny = {"synthetic": {"classes": {"train": 2, "val": 2, "test": 2}, "images_per_class": 2, "image_size": 48}}
+    params, layout = load_params(write_params(tmp_path, tiny)), Layout(tmp_path)
+    stages.synthetic(params, layout)
+    stages.backgrounds(params, layout)
+    stages.index(params, layout)
+    stages.masks(params, layout)
+    masks = {p: p.stat().st_mtime_ns for p in sorted(layout.masks("synthetic").rglob("*.png"))}
+
+    changed = sorted((tmp_path / "outputs" / "synthetic" / "images").rglob("*.png"))[0]
+    Image.new("RGB", (48, 48), (0, 0, 0)).save(changed)  # same path, new content
+    stages.index(params, layout)
+    stages.masks(params, layout)
+
+    redone = [p for p, t in masks.items() if p.stat().st_mtime_ns != t]
+    assert [p.relative_to(layout.masks("synthetic")).with_suffix("") for p in redone] == \
+        [changed.relative_to(tmp_path / "outputs" / "synthetic" / "images").with_suffix("")]

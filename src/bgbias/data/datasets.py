@@ -12,6 +12,7 @@ Formats (DESIGN.md section 2 for the paper's splits):
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import re
@@ -50,6 +51,9 @@ class Sample:
     class_id: int
     class_name: str
     split: str
+    # Content hash of the image file: the index (and so every stage after it) changes
+    # when an image changes, even if its path does not (e.g. a re-rendered synthetic set).
+    sha1: str = ""
 
 
 @dataclass
@@ -76,8 +80,8 @@ class DatasetIndex:
         }
 
     def write(self, csv_path: Path) -> None:
-        rows = ["path,class_id,class_name,split"]
-        rows += [_csv_line([s.path, s.class_id, s.class_name, s.split]) for s in self.samples]
+        rows = ["path,class_id,class_name,split,sha1"]
+        rows += [_csv_line([s.path, s.class_id, s.class_name, s.split, s.sha1]) for s in self.samples]
         write_text(csv_path, "\n".join(rows) + "\n")
         write_json(csv_path.with_suffix(".json"), self.summary())
 
@@ -87,7 +91,8 @@ class DatasetIndex:
             raise BgbiasError(f"dataset index not found: {csv_path} (run `dvc repro index` first)")
         with open(csv_path, newline="", encoding="utf-8") as f:
             samples = [
-                Sample(r["path"], int(r["class_id"]), r["class_name"], r["split"]) for r in csv.DictReader(f)
+                Sample(r["path"], int(r["class_id"]), r["class_name"], r["split"], r.get("sha1") or "")
+                for r in csv.DictReader(f)
             ]
         return cls(root=root, samples=samples)
 
@@ -235,26 +240,30 @@ def _assign_splits(records: list[Record], cfg: DatasetConfig, name: str) -> list
     return [r for r in out if r.split is not None]  # classes outside every range are not used
 
 
-def _decode_error(path: Path) -> str | None:
+def _inspect(path: Path) -> tuple[str | None, str]:
+    """(decode error or None, sha1 of the file's bytes)."""
+    data = path.read_bytes()
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             image.draft("RGB", (64, 64))  # JPEG: decode at reduced size, still reads every byte
             image.load()
             to_rgb(image)
     except Exception as exc:  # PIL raises many types for bad files
-        return f"{type(exc).__name__}: {exc}"
-    return None
+        return f"{type(exc).__name__}: {exc}", ""
+    return None, hashlib.sha1(data).hexdigest()
 
 
-def _check_decodable(root: Path, records: list[Record], workers: int) -> dict[str, str]:
+def _check_decodable(root: Path, records: list[Record], workers: int) -> tuple[dict[str, str], dict[str, str]]:
+    """(errors by path, sha1 by path)."""
     paths = [root / r.path for r in records]
     desc = "checking images"
     if workers > 1 and len(paths) > 64:
         with ProcessPoolExecutor(workers) as pool:
-            errors = list(tqdm(pool.map(_decode_error, paths, chunksize=64), total=len(paths), desc=desc))
+            results = list(tqdm(pool.map(_inspect, paths, chunksize=64), total=len(paths), desc=desc))
     else:
-        errors = [_decode_error(p) for p in tqdm(paths, desc=desc, disable=len(paths) < 64)]
-    return {r.path: e for r, e in zip(records, errors) if e is not None}
+        results = [_inspect(p) for p in tqdm(paths, desc=desc, disable=len(paths) < 64)]
+    errors = {r.path: e for r, (e, _) in zip(records, results) if e is not None}
+    return errors, {r.path: h for r, (_, h) in zip(records, results)}
 
 
 def build_index(cfg: DatasetConfig, policy: IndexConfig, name: str) -> DatasetIndex:
@@ -270,7 +279,7 @@ def build_index(cfg: DatasetConfig, policy: IndexConfig, name: str) -> DatasetIn
         raise BgbiasError(f"dataset '{name}': image listed but not found: {cfg.root / missing[0]}"
                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
 
-    bad = _check_decodable(cfg.root, records, policy.workers)
+    bad, hashes = _check_decodable(cfg.root, records, policy.workers)
     if bad and policy.on_corrupt_image == "fail":
         path, err = next(iter(bad.items()))
         raise BgbiasError(f"cannot decode image {cfg.root / path} ({err}); "
@@ -292,5 +301,5 @@ def build_index(cfg: DatasetConfig, policy: IndexConfig, name: str) -> DatasetIn
         log.warning("dropping class %s with %d image(s)", item["class_name"], item["images"])
     records = [r for r in records if counts[r.class_id] >= policy.min_images_per_class]
 
-    samples = [Sample(r.path, r.class_id, r.class_name, r.split) for r in records]
+    samples = [Sample(r.path, r.class_id, r.class_name, r.split, hashes[r.path]) for r in records]
     return DatasetIndex(root=cfg.root, samples=samples, dropped_classes=dropped, skipped_images=skipped)
