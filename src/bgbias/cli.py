@@ -78,37 +78,36 @@ def cmd_mask_quality(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2))
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from bgbias.engine.train import fit
+def _tracker(args: argparse.Namespace, layout):
     from bgbias.tracking import MlflowTracker, NullTracker
 
+    return NullTracker() if args.no_track else MlflowTracker.for_project(layout.root)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from bgbias.engine.train import fit
+
     params, layout = _params(args)
-    tracker = NullTracker() if args.no_track else MlflowTracker.for_project(layout.root)
-    result = fit(params, layout, args.mode, tracker, resume=args.resume)
+    result = fit(params, layout, args.mode, _tracker(args, layout), resume=args.resume)
     if result:
         print(json.dumps(result, indent=2))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from bgbias.engine.retrieval import evaluate_trained
-    from bgbias.tracking import MlflowTracker, NullTracker
 
     params, layout = _params(args)
-    tracker = NullTracker() if args.no_track else MlflowTracker.for_project(layout.root)
-    evaluate_trained(params, layout, tracker)
+    evaluate_trained(params, layout, _tracker(args, layout))
 
 
 def cmd_attribute(args: argparse.Namespace) -> None:
     from bgbias.engine.attribute import attribute_trained
-    from bgbias.tracking import MlflowTracker, NullTracker
 
     params, layout = _params(args)
-    tracker = NullTracker() if args.no_track else MlflowTracker.for_project(layout.root)
-    attribute_trained(params, layout, tracker)
+    attribute_trained(params, layout, _tracker(args, layout))
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from bgbias.tracking import MlflowTracker, NullTracker
     from bgbias.tuning import run_worker, tune
 
     params, layout = _params(args)
@@ -116,7 +115,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
         params = params.model_copy(update={"loss": args.loss})
 
     def new_tracker():
-        return NullTracker() if args.no_track else MlflowTracker.for_project(layout.root)
+        return _tracker(args, layout)
 
     if args.worker_index is not None:  # one of `--workers N` processes
         run_worker(params, layout, params.loss, new_tracker, worker=args.worker_index)
@@ -130,7 +129,6 @@ def cmd_report(args: argparse.Namespace) -> None:
     from bgbias.config import MODES
     from bgbias.engine.checkpoint import load_checkpoint
     from bgbias.report import write_report
-    from bgbias.tracking import MlflowTracker
 
     params, layout = _params(args)
     if not layout.metrics_report.is_file():
@@ -140,7 +138,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     results, figure = write_report(metrics, params.selected.format, layout.reports, attention)
     print(results.read_text())
     if not args.no_track:
-        tracker = MlflowTracker.for_project(layout.root)
+        tracker = _tracker(args, layout)
         for mode in MODES:
             run_id = load_checkpoint(layout.train_dir(params.dataset, mode) / "last.pt").get("run_id")
             if run_id:
@@ -160,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_assets)
 
     sub.add_parser("check", help="validate params and print them with defaults filled in").set_defaults(func=cmd_check)
+    def tracked_stage(name: str, help_text: str, func):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+        p.set_defaults(func=func)
+        return p
+
     for name, help_text in (
         ("synthetic", "stage: render the synthetic default dataset"),
         ("backgrounds", "stage: build the train/test background pools"),
@@ -174,33 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--assets-dir", help="folder holding u2netp.onnx (default: assets_dir from params)")
     p.set_defaults(func=cmd_masks)
 
-    p = sub.add_parser("train", help="stage: train one mode (base | bgaugment); torchrun for several processes")
+    p = tracked_stage("train", "stage: train one mode (base | bgaugment); torchrun for several processes", cmd_train)
     p.add_argument("--mode", required=True, choices=("base", "bgaugment"))
     p.add_argument("--resume", action="store_true",
                    help="continue from outputs/train/<dataset>/<mode>/last.pt if it is an unfinished run "
                         "of the same configuration (else start from scratch)")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("evaluate", help="stage: test MAP@R / P@1 / R-Precision, clean and replaced backgrounds")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("attribute", help="stage: SmoothGrad saliency, attention scores, picture grid")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    p.set_defaults(func=cmd_attribute)
-
-    p = sub.add_parser("tune", help="Optuna study of a loss's hyperparameters (val MAP@R of base training)")
+    tracked_stage("evaluate", "stage: test MAP@R / P@1 / R-Precision, clean and replaced backgrounds", cmd_evaluate)
+    tracked_stage("attribute", "stage: SmoothGrad saliency, attention scores, picture grid", cmd_attribute)
+    p = tracked_stage("tune", "Optuna study of a loss's hyperparameters (val MAP@R of base training)", cmd_tune)
     p.add_argument("--loss", choices=("contrastive", "triplet", "multi_similarity", "arcface", "normalized_softmax"),
                    help="loss to tune (default: `loss` from params)")
     p.add_argument("--workers", type=int, help="local processes sharing the study (default: tune.workers)")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    p.set_defaults(func=cmd_tune)
-
-    p = sub.add_parser("report", help="stage: reports/results.md (Table 1) and the MAP@R bar chart")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    p.set_defaults(func=cmd_report)
+    tracked_stage("report", "stage: reports/results.md (Tables 1 and 2) and the MAP@R bar chart", cmd_report)
 
     p = sub.add_parser("mask-quality", help="stage (no arguments), or IoU of PRED_DIR masks against GT_DIR")
     p.add_argument("pred_dir", nargs="?")

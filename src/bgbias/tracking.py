@@ -47,19 +47,19 @@ class NullTracker:
         return None
 
     def attach(self, run_id):
-        pass
+        return None
 
     def log_metrics(self, metrics, step=None):
-        pass
+        return None
 
     def log_artifact(self, path, artifact_path=None):
-        pass
+        return None
 
     def set_tags(self, tags):
-        pass
+        return None
 
     def finish(self, status="FINISHED"):
-        pass
+        return None
 
 
 def project_store(project_root: Path) -> Path:
@@ -95,7 +95,7 @@ def context_tags(project_root: Path) -> dict[str, str]:
         if commit.returncode == 0:
             tags["git_commit"] = commit.stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
-        pass
+        log.debug("no git commit to tag (git missing or too slow)")
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
     if os.environ.get("DVC_EXP_BASELINE_REV"):
