@@ -4,7 +4,6 @@ test-pool backgrounds; `reports/attention.json` and a picture grid for MLflow.""
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
