@@ -127,7 +127,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from bgbias.config import MODES
-    from bgbias.engine.checkpoint import load_checkpoint
+    from bgbias.engine.retrieval import training_run_id
     from bgbias.report import write_report
 
     params, layout = _params(args)
@@ -140,7 +140,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     if not args.no_track:
         tracker = _tracker(args, layout)
         for mode in MODES:
-            run_id = load_checkpoint(layout.train_dir(params.dataset, mode) / "last.pt").get("run_id")
+            run_id = training_run_id(layout, params.dataset, mode)
             if run_id:
                 tracker.attach(run_id)
                 tracker.log_artifact(figure, "report")

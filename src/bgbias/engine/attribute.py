@@ -16,9 +16,8 @@ from bgbias.data.bgaugment import BackgroundPool, replace_backgrounds
 from bgbias.data.datasets import DatasetIndex
 from bgbias.data.image_dataset import MaskedImageDataset
 from bgbias.data.transforms import eval_transform, split_batch
-from bgbias.engine.checkpoint import load_checkpoint
 from bgbias.engine.device import device_setup
-from bgbias.engine.retrieval import background_draws, load_trained
+from bgbias.engine.retrieval import background_draws, load_trained, training_run_id
 from bgbias.engine.seeds import derived_seed
 from bgbias.files import atomic_write, write_json
 from bgbias.layout import Layout
@@ -76,7 +75,7 @@ def attribute_trained(params: Params, layout: Layout, tracker: Tracker | None = 
     figure = layout.reports / "figures" / "attribution.png"
     attribution_grid(pictures, min(cfg.figure_rows, len(chosen)), figure)
     for mode in MODES:
-        run_id = load_checkpoint(layout.train_dir(params.dataset, mode) / "last.pt").get("run_id")
+        run_id = training_run_id(layout, params.dataset, mode)
         if run_id:
             tracker.attach(run_id)
             tracker.log_metrics({f"test_attention_{c}": v["mean"] for c, v in report["modes"][mode].items()})

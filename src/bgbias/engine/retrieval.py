@@ -36,6 +36,11 @@ def load_trained(params: Params, layout: Layout, mode: str, device: torch.device
     return model.to(device, memory_format=torch.channels_last).eval(), config
 
 
+def training_run_id(layout: Layout, dataset: str, mode: str) -> str | None:
+    """The MLflow run of a mode's training (kept in its last.pt), to log later stages into."""
+    return load_checkpoint(layout.train_dir(dataset, mode) / "last.pt").get("run_id")
+
+
 def background_draws(pool: BackgroundPool, n: int, seed: int, count: int) -> list[BackgroundDraw]:
     return [pool.draw(n, torch.Generator().manual_seed(derived_seed(seed, TEST_DRAWS, d))) for d in range(count)]
 
@@ -78,7 +83,7 @@ def evaluate_trained(params: Params, layout: Layout, tracker: Tracker | None = N
         clean, replaced = result["clean"]["map_at_r"], result["replaced"]["map_at_r"]["mean"]
         log.info("%s: test MAP@R clean %.4f, replaced %.4f +- %.4f (relative drop %.1f %%)", mode, clean, replaced,
                  result["replaced"]["map_at_r"]["std"], 100 * (1 - replaced / clean) if clean else 0.0)
-        run_id = load_checkpoint(layout.train_dir(params.dataset, mode) / "last.pt").get("run_id")
+        run_id = training_run_id(layout, params.dataset, mode)
         if run_id:
             tracker.attach(run_id)
             tracker.log_metrics(_flat_test_metrics(result))
