@@ -53,10 +53,11 @@ def cmd_masks(args: argparse.Namespace) -> None:
     if not images_dir.is_dir():
         raise BgbiasError(f"images folder not found: {images_dir}")
     assets_dir = Path(args.assets_dir) if args.assets_dir else _params(args)[0].assets_dir
-    jobs = folder_jobs(images_dir, Path(args.out_dir))
+    out_dir = Path(args.out_dir)
+    jobs = folder_jobs(images_dir, out_dir)
     if not jobs:
         raise BgbiasError(f"no images under {images_dir}")
-    report = compute_masks(jobs, asset_path(MODEL_NAME, assets_dir), workers=args.workers)
+    report = compute_masks(jobs, out_dir, asset_path(MODEL_NAME, assets_dir), workers=args.workers)
     print(f"{report.written} masks written, {report.existing} already present, {len(report.failed)} failed")
     for failure in report.failed:
         print(f"failed: {failure['image']} ({failure['error']})", file=sys.stderr)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -56,12 +55,12 @@ def index(params: Params, layout: Layout) -> DatasetIndex:
 def masks(params: Params, layout: Layout) -> dict:
     dataset_index = DatasetIndex.read(layout.index_csv(params.dataset), params.selected.root)
     out_dir = layout.masks(params.dataset)
-    jobs = [MaskJob(dataset_index.root / s.path, mask_path_for(s.path, out_dir)) for s in dataset_index.samples]
+    jobs = [MaskJob(dataset_index.root / s.path, mask_path_for(s.path, out_dir), s.sha1)
+            for s in dataset_index.samples]
     _remove_unlisted(out_dir, {job.mask for job in jobs})
-    _remove_stale(out_dir, dataset_index)
     model = asset_path(MODEL_NAME, params.assets_dir)
     start = time.perf_counter()
-    report = compute_masks(jobs, model, workers=params.masks.workers)
+    report = compute_masks(jobs, out_dir, model, workers=params.masks.workers)
     seconds = time.perf_counter() - start
     if report.written:
         log.info("masks: %d written in %.1f s (%.2f images/s), %d already present",
@@ -74,22 +73,6 @@ def masks(params: Params, layout: Layout) -> dict:
         raise BgbiasError(f"{len(report.failed)} image(s) could not be masked, e.g. {first['image']} "
                           f"({first['error']}); see {layout.masks_report}")
     return summary
-
-
-SOURCE_HASHES = "source_hashes.json"
-
-
-def _remove_stale(out_dir: Path, dataset_index: DatasetIndex) -> None:
-    """Masks persist between runs and are reused, so a mask is kept only if it was made
-    from the image file that is there now (same sha1 as in the index). The current hashes
-    are recorded before any new mask is computed: a killed run resumes correctly."""
-    record = out_dir / SOURCE_HASHES
-    made_from = json.loads(record.read_text()) if record.is_file() else {}
-    for sample in dataset_index.samples:
-        mask = mask_path_for(sample.path, out_dir)
-        if mask.exists() and (not sample.sha1 or made_from.get(sample.path) != sample.sha1):
-            mask.unlink()
-    write_json(record, {s.path: s.sha1 for s in dataset_index.samples})
 
 
 def _remove_unlisted(out_dir: Path, expected: set[Path]) -> None:

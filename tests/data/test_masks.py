@@ -29,7 +29,7 @@ def test_folder_masks_mirror_relative_paths(tmp_path, assets_dir):
     object_image(tmp_path / "in" / "a" / "x.jpg", size=40)
     object_image(tmp_path / "in" / "b" / "c" / "y.png", size=30, seed=1)
     jobs = folder_jobs(tmp_path / "in", tmp_path / "out")
-    report = compute_masks(jobs, assets_dir / "u2netp.onnx", workers=1, progress=False)
+    report = compute_masks(jobs, tmp_path / "out", assets_dir / "u2netp.onnx", workers=1, progress=False)
     assert (report.written, report.existing, report.failed) == (2, 0, [])
     assert Image.open(tmp_path / "out" / "a" / "x.png").size == (40, 40)
     mask = Image.open(tmp_path / "out" / "b" / "c" / "y.png")
@@ -37,15 +37,33 @@ def test_folder_masks_mirror_relative_paths(tmp_path, assets_dir):
     # u2netp finds the disc: its centre is foreground, a corner is background
     arr = np.asarray(mask)
     assert arr[15, 15] > 128 and arr[1, 1] < 128
-    again = compute_masks(jobs, assets_dir / "u2netp.onnx", workers=1, progress=False)
+    again = compute_masks(jobs, tmp_path / "out", assets_dir / "u2netp.onnx", workers=1, progress=False)
     assert (again.written, again.existing) == (0, 2)
+
+
+def test_image_replaced_under_the_same_name_gets_a_new_mask(tmp_path, assets_dir):
+    for i in range(3):
+        object_image(tmp_path / "in" / f"{i}.png", size=40, seed=i)
+    jobs = folder_jobs(tmp_path / "in", tmp_path / "out")
+    model = assets_dir / "u2netp.onnx"
+    compute_masks(jobs, tmp_path / "out", model, workers=1, progress=False)
+    before = {i: (tmp_path / "out" / f"{i}.png").stat().st_mtime_ns for i in range(3)}
+
+    Image.new("RGB", (40, 40), (0, 0, 0)).save(tmp_path / "in" / "1.png")
+    report = compute_masks(jobs, tmp_path / "out", model, workers=1, progress=False)
+
+    assert (report.written, report.existing) == (1, 2)
+    after = {i: (tmp_path / "out" / f"{i}.png").stat().st_mtime_ns for i in range(3)}
+    assert [i for i in range(3) if after[i] != before[i]] == [1]
+    expected = U2netpMasker(model, threads=1).predict(Image.open(tmp_path / "in" / "1.png").convert("RGB"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "1.png")), np.asarray(expected))
 
 
 def test_failed_image_is_reported_not_masked(tmp_path, assets_dir):
     object_image(tmp_path / "in" / "ok.png")
     (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
-    report = compute_masks(folder_jobs(tmp_path / "in", tmp_path / "out"), assets_dir / "u2netp.onnx",
-                           workers=1, progress=False)
+    report = compute_masks(folder_jobs(tmp_path / "in", tmp_path / "out"), tmp_path / "out",
+                           assets_dir / "u2netp.onnx", workers=1, progress=False)
     assert report.written == 1
     assert [f["image"].rsplit("/", 1)[-1] for f in report.failed] == ["broken.jpg"]
     assert not (tmp_path / "out" / "broken.png").exists()
@@ -55,8 +73,9 @@ def test_two_workers_give_the_same_masks(tmp_path, assets_dir):
     for i in range(6):
         object_image(tmp_path / "in" / f"{i}.png", size=36, seed=i)
     model = assets_dir / "u2netp.onnx"
-    compute_masks(folder_jobs(tmp_path / "in", tmp_path / "one"), model, workers=1, progress=False)
-    compute_masks(folder_jobs(tmp_path / "in", tmp_path / "two"), model, workers=2, progress=False)
+    for name, workers in (("one", 1), ("two", 2)):
+        compute_masks(folder_jobs(tmp_path / "in", tmp_path / name), tmp_path / name, model, workers=workers,
+                      progress=False)
     for i in range(6):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "one" / f"{i}.png")),
                               np.asarray(Image.open(tmp_path / "two" / f"{i}.png")))
@@ -86,7 +105,8 @@ def test_resume_after_sigkill(tmp_path, assets_dir):
     assert not list((tmp_path / "out").glob("*.partial"))
 
     reference = tmp_path / "ref"
-    compute_masks(folder_jobs(tmp_path / "in", reference), assets_dir / "u2netp.onnx", workers=1, progress=False)
+    compute_masks(folder_jobs(tmp_path / "in", reference), reference, assets_dir / "u2netp.onnx", workers=1,
+                  progress=False)
     for i in range(n):
         name = f"{i:02d}.png"
         assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / name)), np.asarray(Image.open(reference / name)))

@@ -8,11 +8,15 @@ Several processes can share the work (`workers`), each with its slice of the CPU
 
 Resumable: each mask is written atomically (temp file + rename) and existing masks are
 skipped, so a killed run continues where it stopped and never leaves a half-written mask.
-An image that fails is reported, never written as an empty mask.
+A mask is reused only if it was made from the image file that is there now:
+`OUT_DIR/source_hashes.json` records each source's sha1, so an image replaced under the
+same name gets a new mask. An image that fails is reported, never written as an empty mask.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections import deque
@@ -26,7 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from bgbias.data.images import is_image_file, load_rgb
-from bgbias.files import remove_stale_temps, save_image
+from bgbias.files import remove_stale_temps, save_image, write_json
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +39,14 @@ INPUT_SIZE = (320, 320)
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 PREFETCH = 8  # images decoded ahead of the model
+SOURCE_HASHES = "source_hashes.json"
 
 
 @dataclass(frozen=True)
 class MaskJob:
     image: Path
     mask: Path
+    image_sha1: str = ""  # known already (the dataset index has it); else hashed here
 
 
 @dataclass
@@ -165,11 +171,36 @@ def _run(jobs: list[MaskJob], model_path: Path, workers: int) -> Iterator[tuple[
             yield from results
 
 
-def compute_masks(jobs: Iterable[MaskJob], model_path: Path, workers: int = 1, progress: bool = True) -> MaskReport:
+def _sha1(job: MaskJob) -> str:
+    if job.image_sha1:
+        return job.image_sha1
+    try:
+        return hashlib.sha1(job.image.read_bytes()).hexdigest()
+    except OSError:
+        return ""  # unreadable: no mask is kept, and computing it reports the error
+
+
+def drop_stale_masks(jobs: list[MaskJob], out_dir: Path) -> None:
+    """Delete masks not made from the current image file, then record the current hashes
+    (before any mask is computed, so a killed run resumes correctly)."""
+    record = Path(out_dir) / SOURCE_HASHES
+    made_from = json.loads(record.read_text()) if record.is_file() else {}
+    current = {job.mask.relative_to(out_dir).as_posix(): _sha1(job) for job in jobs}
+    for job in jobs:
+        key = job.mask.relative_to(out_dir).as_posix()
+        if job.mask.exists() and (not current[key] or made_from.get(key) != current[key]):
+            job.mask.unlink()
+    write_json(record, {**made_from, **current})
+
+
+def compute_masks(jobs: Iterable[MaskJob], out_dir: Path, model_path: Path, workers: int = 1,
+                  progress: bool = True) -> MaskReport:
+    """Masks for `jobs`, whose mask paths lie under `out_dir`; existing up-to-date masks are kept."""
     jobs = list(jobs)
     for directory in {job.mask.parent for job in jobs}:
         if directory.is_dir():
             remove_stale_temps(directory)
+    drop_stale_masks(jobs, Path(out_dir))
     todo = [job for job in jobs if not job.mask.is_file()]
     report = MaskReport(existing=len(jobs) - len(todo))
     if report.existing:
