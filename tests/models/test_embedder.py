@@ -54,6 +54,12 @@ def test_efficientnet_gets_the_offline_imagenet_weights():
     assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
 
 
+def _bninception_state() -> dict:
+    from bgbias.models.bninception import BNInception
+
+    return BNInception().state_dict()
+
+
 def test_registry_names_the_three_backbones():
     assert list(BACKBONES) == ["efficientnet_lite0", "bninception", "resnet50"]
 
@@ -71,6 +77,28 @@ def test_bninception_loads_a_weights_file_with_its_classifier(tmp_path):
     torch.save(state, tmp_path / "bn.pth")
     model = create_model(ModelConfig(backbone="bninception", weights=tmp_path / "bn.pth", embedding_dim=16), ASSETS)
     assert model(torch.rand(1, 3, 224, 224)).shape == (1, 16)
+
+
+def test_a_checkpoint_loads_without_the_imagenet_weights_file(tmp_path):
+    # Trained bninception weights, e.g. copied to a machine without bn_inception-52deb4733.pth.
+    torch.save(_bninception_state(), tmp_path / "bn.pth")
+    cfg = ModelConfig(backbone="bninception", weights=tmp_path / "bn.pth", embedding_dim=16)
+    trained = create_model(cfg, ASSETS)
+    (tmp_path / "bn.pth").unlink()
+    with pytest.raises(BgbiasError, match="weights file not found"):
+        create_model(cfg, ASSETS)
+    rebuilt = create_model(cfg, ASSETS, pretrained=False)
+    rebuilt.load_state_dict(trained.state_dict())
+    x = torch.rand(2, 3, 224, 224)
+    assert torch.equal(rebuilt.eval()(x), trained.eval()(x))
+
+
+@needs_weights
+def test_efficientnet_without_pretrained_skips_the_asset():
+    pretrained = create_model(ModelConfig(), ASSETS).state_dict()
+    bare = create_model(ModelConfig(), ASSETS, pretrained=False).state_dict()
+    stem = next(k for k in pretrained if k.endswith("conv_stem.weight"))
+    assert not torch.equal(pretrained[stem], bare[stem])
 
 
 def test_resnet50_without_weights_warns_and_a_wrong_file_fails(tmp_path, caplog):

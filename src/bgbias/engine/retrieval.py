@@ -31,7 +31,7 @@ def load_trained(params: Params, layout: Layout, mode: str, device: torch.device
     """The best checkpoint of a mode, rebuilt with the model settings it was trained with."""
     best = load_checkpoint(layout.train_dir(params.dataset, mode) / "best.pt")
     config = json.loads(best["config"])
-    model = create_model(ModelConfig.model_validate(config["model"]), params.assets_dir)
+    model = create_model(ModelConfig.model_validate(config["model"]), params.assets_dir, pretrained=False)
     model.load_state_dict(best["model"])
     return model.to(device, memory_format=torch.channels_last).eval(), config
 

@@ -63,13 +63,19 @@ def _load_file(path: Path, what: str) -> dict[str, torch.Tensor]:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
-def efficientnet_lite0(weights: Path | None, assets_dir: Path) -> Backbone:
+def efficientnet_lite0(weights: Path | None, assets_dir: Path, pretrained: bool = True) -> Backbone:
     import timm
 
     from bgbias.assets import asset_path
 
     model = timm.create_model("efficientnet_lite0", pretrained=False)
-    source = weights or asset_path("efficientnet_lite0", assets_dir)
+    if pretrained:
+        _load_efficientnet_lite0(model, weights or asset_path("efficientnet_lite0", assets_dir))
+    model.reset_classifier(0)
+    return Backbone(FeatureMap(model), model.num_features, Normalize(IMAGENET_MEAN, IMAGENET_STD))
+
+
+def _load_efficientnet_lite0(model: nn.Module, source: Path) -> None:
     state = _load_file(Path(source), "efficientnet_lite0")
     target = model.state_dict()
     # The asset uses the lukemelas naming (_conv_stem, _blocks.N...); its tensors are in
@@ -79,29 +85,32 @@ def efficientnet_lite0(weights: Path | None, assets_dir: Path) -> Backbone:
             raise BgbiasError(f"{source}: not EfficientNet-Lite0 weights (tensor count or shapes differ)")
         state = dict(zip(target, state.values()))
     model.load_state_dict(state, strict=True)
-    model.reset_classifier(0)
-    return Backbone(FeatureMap(model), model.num_features, Normalize(IMAGENET_MEAN, IMAGENET_STD))
 
 
-def resnet50(weights: Path | None, assets_dir: Path) -> Backbone:
+def resnet50(weights: Path | None, assets_dir: Path, pretrained: bool = True) -> Backbone:
     from torchvision.models import resnet50 as tv_resnet50
 
     model = tv_resnet50(weights=None)
-    if weights is None:
-        log.warning("resnet50: no model.weights file given, starting from random weights")
-    else:
-        state = {k: v for k, v in _load_file(Path(weights), "resnet50").items() if not k.startswith("fc.")}
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # shape mismatches
-            raise BgbiasError(f"{weights}: not torchvision ResNet-50 weights ({str(exc).splitlines()[-1].strip()})") \
-                from None
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing or unexpected:
-            raise BgbiasError(f"{weights}: not torchvision ResNet-50 weights "
-                              f"(e.g. {'missing ' + missing[0] if missing else 'unexpected ' + unexpected[0]})")
+    if pretrained:
+        _load_resnet50(model, weights)
     trunk = nn.Sequential(*list(model.children())[:-2])  # up to layer4: [B, 2048, h, w]
     return Backbone(trunk, 2048, Normalize(IMAGENET_MEAN, IMAGENET_STD))
+
+
+def _load_resnet50(model: nn.Module, weights: Path | None) -> None:
+    if weights is None:
+        log.warning("resnet50: no model.weights file given, starting from random weights")
+        return
+    state = {k: v for k, v in _load_file(Path(weights), "resnet50").items() if not k.startswith("fc.")}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise BgbiasError(f"{weights}: not torchvision ResNet-50 weights ({str(exc).splitlines()[-1].strip()})") \
+            from None
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise BgbiasError(f"{weights}: not torchvision ResNet-50 weights "
+                          f"(e.g. {'missing ' + missing[0] if missing else 'unexpected ' + unexpected[0]})")
 
 
 class BNInceptionInput(nn.Module):
@@ -111,29 +120,36 @@ class BNInceptionInput(nn.Module):
         return to_bninception_input(x)
 
 
-def bninception(weights: Path | None, assets_dir: Path) -> Backbone:
+def bninception(weights: Path | None, assets_dir: Path, pretrained: bool = True) -> Backbone:
     from bgbias.models.bninception import BNInception
 
+    model = BNInception()
+    if pretrained:
+        _load_bninception(model, weights)
+    return Backbone(model, 1024, BNInceptionInput())
+
+
+def _load_bninception(model: nn.Module, weights: Path | None) -> None:
     if weights is None:
         raise BgbiasError("bninception needs ImageNet weights: set model.weights in params.yaml to the file "
                           "bn_inception-52deb4733.pth (Cadene's pretrainedmodels); nothing is downloaded")
-    model = BNInception()
     state = {k: v for k, v in _load_file(Path(weights), "bninception").items() if not k.startswith("last_linear.")}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise BgbiasError(f"{weights}: not BN-Inception weights ({str(exc).splitlines()[0]})") from None
-    return Backbone(model, 1024, BNInceptionInput())
 
 
-BACKBONES: dict[str, Callable[[Path | None, Path], Backbone]] = {
+# Each builder takes (weights file or None, assets dir, pretrained); pretrained=False builds
+# the architecture only, for a checkpoint that holds every weight anyway.
+BACKBONES: dict[str, Callable[[Path | None, Path, bool], Backbone]] = {
     "efficientnet_lite0": efficientnet_lite0,
     "bninception": bninception,
     "resnet50": resnet50,
 }
 
 
-def create_backbone(name: str, weights: Path | None, assets_dir: Path) -> Backbone:
+def create_backbone(name: str, weights: Path | None, assets_dir: Path, pretrained: bool = True) -> Backbone:
     if name not in BACKBONES:
         raise BgbiasError(f"unknown backbone '{name}'; allowed: {', '.join(BACKBONES)}")
-    return BACKBONES[name](weights, assets_dir)
+    return BACKBONES[name](weights, assets_dir, pretrained)

@@ -45,6 +45,8 @@ class Embedder(nn.Module):
         ]
 
 
-def create_model(cfg: ModelConfig, assets_dir: Path) -> Embedder:
-    backbone = create_backbone(cfg.backbone, cfg.weights, assets_dir)
+def create_model(cfg: ModelConfig, assets_dir: Path, pretrained: bool = True) -> Embedder:
+    """pretrained=False skips the ImageNet weights: for loading a trained checkpoint, which
+    then works without the weights file (e.g. a bninception model on another machine)."""
+    backbone = create_backbone(cfg.backbone, cfg.weights, assets_dir, pretrained)
     return Embedder(backbone, cfg.embedding_dim, cfg.freeze_bn)
