@@ -128,7 +128,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from bgbias.config import MODES
-    from bgbias.engine.retrieval import training_run_id
+    from bgbias.engine.retrieval import attach_training_run
     from bgbias.report import write_report
 
     params, layout = _params(args)
@@ -141,9 +141,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     if not args.no_track:
         tracker = _tracker(args, layout)
         for mode in MODES:
-            run_id = training_run_id(layout, params.dataset, mode)
-            if run_id:
-                tracker.attach(run_id)
+            if attach_training_run(tracker, layout, params.dataset, mode):
                 tracker.log_artifact(figure, "report")
                 tracker.log_artifact(results, "report")
 

@@ -185,10 +185,11 @@ def drop_stale_masks(jobs: list[MaskJob], out_dir: Path) -> None:
     (before any mask is computed, so a killed run resumes correctly)."""
     record = Path(out_dir) / SOURCE_HASHES
     made_from = json.loads(record.read_text()) if record.is_file() else {}
-    current = {job.mask.relative_to(out_dir).as_posix(): _sha1(job) for job in jobs}
+    current = {}
     for job in jobs:
-        key = job.mask.relative_to(out_dir).as_posix()
-        if job.mask.exists() and (not current[key] or made_from.get(key) != current[key]):
+        key, sha1 = job.mask.relative_to(out_dir).as_posix(), _sha1(job)
+        current[key] = sha1
+        if job.mask.exists() and (not sha1 or made_from.get(key) != sha1):
             job.mask.unlink()
     write_json(record, {**made_from, **current})
 

@@ -12,12 +12,9 @@ from tqdm import tqdm
 
 from bgbias.attribution import attention_score, saliency_maps
 from bgbias.config import MODES, Params
-from bgbias.data.bgaugment import BackgroundPool, replace_backgrounds
-from bgbias.data.datasets import DatasetIndex
-from bgbias.data.image_dataset import MaskedImageDataset
-from bgbias.data.transforms import eval_transform, split_batch
-from bgbias.engine.device import device_setup
-from bgbias.engine.retrieval import background_draws, load_trained, training_run_id
+from bgbias.data.bgaugment import replace_backgrounds
+from bgbias.data.transforms import split_batch
+from bgbias.engine.retrieval import attach_training_run, background_draws, load_trained, load_test_split
 from bgbias.engine.seeds import derived_seed
 from bgbias.files import atomic_write, write_json
 from bgbias.layout import Layout
@@ -37,13 +34,9 @@ def _summary(scores: list[float]) -> dict:
 def attribute_trained(params: Params, layout: Layout, tracker: Tracker | None = None, progress: bool = True) -> dict:
     tracker = tracker or NullTracker()
     cfg = params.attribution
-    setup = device_setup(params.train.device, params.train.workers)
-    index = DatasetIndex.read(layout.index_csv(params.dataset), params.selected.root)
-    test_set = MaskedImageDataset(index.split("test"), index.root, layout.masks(params.dataset),
-                                  eval_transform(params.train))
+    setup, test_set, pool = load_test_split(params, layout)
     rng = np.random.default_rng(derived_seed(params.seed, SAMPLE_STREAM))
     chosen = np.sort(rng.choice(len(test_set), min(cfg.images, len(test_set)), replace=False))
-    pool = BackgroundPool.from_folder(layout.backgrounds / "test", params.train.resize, setup.device)
     draw = background_draws(pool, len(test_set), params.seed, 1)[0]  # the evaluate stage's first draw
 
     report: dict = {"dataset": params.dataset, "loss": params.loss, "images": len(chosen), "modes": {}}
@@ -75,9 +68,7 @@ def attribute_trained(params: Params, layout: Layout, tracker: Tracker | None = 
     figure = layout.reports / "figures" / "attribution.png"
     attribution_grid(pictures, min(cfg.figure_rows, len(chosen)), figure)
     for mode in MODES:
-        run_id = training_run_id(layout, params.dataset, mode)
-        if run_id:
-            tracker.attach(run_id)
+        if attach_training_run(tracker, layout, params.dataset, mode):
             tracker.log_metrics({f"test_attention_{c}": v["mean"] for c, v in report["modes"][mode].items()})
             tracker.log_artifact(figure, "attribution")
             tracker.log_artifact(layout.attention_report, "attribution")

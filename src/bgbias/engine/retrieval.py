@@ -36,9 +36,23 @@ def load_trained(params: Params, layout: Layout, mode: str, device: torch.device
     return model.to(device, memory_format=torch.channels_last).eval(), config
 
 
-def training_run_id(layout: Layout, dataset: str, mode: str) -> str | None:
-    """The MLflow run of a mode's training (kept in its last.pt), to log later stages into."""
-    return load_checkpoint(layout.train_dir(dataset, mode) / "last.pt").get("run_id")
+def attach_training_run(tracker: Tracker, layout: Layout, dataset: str, mode: str) -> bool:
+    """Point `tracker` at the MLflow run of a mode's training (kept in its last.pt), so later
+    stages log beside it; False when that training was not tracked."""
+    run_id = load_checkpoint(layout.train_dir(dataset, mode) / "last.pt").get("run_id")
+    if run_id:
+        tracker.attach(run_id)
+    return bool(run_id)
+
+
+def load_test_split(params: Params, layout: Layout) -> tuple[DeviceSetup, MaskedImageDataset, BackgroundPool]:
+    """The device, the test images (with masks, eval transform) and the test background pool."""
+    setup = device_setup(params.train.device, params.train.workers)
+    index = DatasetIndex.read(layout.index_csv(params.dataset), params.selected.root)
+    test_set = MaskedImageDataset(index.split("test"), index.root, layout.masks(params.dataset),
+                                  eval_transform(params.train))
+    pool = BackgroundPool.from_folder(layout.backgrounds / "test", params.train.resize, setup.device)
+    return setup, test_set, pool
 
 
 def background_draws(pool: BackgroundPool, n: int, seed: int, count: int) -> list[BackgroundDraw]:
@@ -65,12 +79,8 @@ def evaluate_mode(model: Embedder, loader: DataLoader, setup: DeviceSetup, pool:
 
 def evaluate_trained(params: Params, layout: Layout, tracker: Tracker | None = None, progress: bool = True) -> dict:
     tracker = tracker or NullTracker()
-    cfg = params.train
-    setup = device_setup(cfg.device, cfg.workers)
-    index = DatasetIndex.read(layout.index_csv(params.dataset), params.selected.root)
-    test_set = MaskedImageDataset(index.split("test"), index.root, layout.masks(params.dataset), eval_transform(cfg))
+    setup, test_set, pool = load_test_split(params, layout)
     loader = DataLoader(test_set, batch_size=params.eval.batch_size, shuffle=False, **setup.loader_options())
-    pool = BackgroundPool.from_folder(layout.backgrounds / "test", cfg.resize, setup.device)
     draws = background_draws(pool, len(test_set), params.seed, params.eval.replaced_draws)
     _write_draws(layout.eval_dir(params.dataset) / "test_backgrounds.csv", test_set, pool, draws)
 
@@ -83,9 +93,7 @@ def evaluate_trained(params: Params, layout: Layout, tracker: Tracker | None = N
         clean, replaced = result["clean"]["map_at_r"], result["replaced"]["map_at_r"]["mean"]
         log.info("%s: test MAP@R clean %.4f, replaced %.4f +- %.4f (relative drop %.1f %%)", mode, clean, replaced,
                  result["replaced"]["map_at_r"]["std"], 100 * (1 - replaced / clean) if clean else 0.0)
-        run_id = training_run_id(layout, params.dataset, mode)
-        if run_id:
-            tracker.attach(run_id)
+        if attach_training_run(tracker, layout, params.dataset, mode):
             tracker.log_metrics(_flat_test_metrics(result))
     write_json(layout.metrics_report, report)
     return report
