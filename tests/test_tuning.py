@@ -67,7 +67,7 @@ def test_study_resumes_writes_best_params_and_logs_parent_and_child_runs(tiny_pr
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.data.tags["state"] == "COMPLETE" and child.data.params["loss"] == "triplet"
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_map_at_r")] == [1, 2]
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_map_at_r")] == [0, 1, 2]
 
     # Training picks the tuned values up when asked to.
     params = load_params(write_params(tiny_project, {**TUNE, "loss": "triplet", "loss_params": {"source": "tuned"},

@@ -136,7 +136,9 @@ def cmd_report(args: argparse.Namespace) -> None:
         raise BgbiasError(f"{layout.metrics_report} not found (run `dvc repro evaluate` first)")
     metrics = json.loads(layout.metrics_report.read_text())
     attention = json.loads(layout.attention_report.read_text()) if layout.attention_report.is_file() else None
-    results, figure = write_report(metrics, params.selected.format, layout.reports, attention)
+    train_reports = {mode: json.loads(layout.train_report(mode).read_text()) for mode in MODES
+                     if layout.train_report(mode).is_file()}
+    results, figure = write_report(metrics, params.selected.format, layout.reports, attention, train_reports)
     print(results.read_text())
     if not args.no_track:
         tracker = _tracker(args, layout)

@@ -29,23 +29,56 @@ def relative_drop(clean: float, replaced: float) -> float:
     return 1.0 - replaced / clean if clean > 0 else 0.0
 
 
+UNTRAINED_LABELS = {
+    "initialised": "untrained, as initialised (backbone + fresh embedding)",
+    "pooled_features": "untrained, backbone's pooled features",
+}
+
+
 def table1(metrics: dict, dataset_format: str) -> str:
+    """One row per trained mode, then the untrained references on the same images and
+    draws; the last column is each row's clean MAP@R minus the best untrained one."""
     paper = PAPER_TABLE1.get(dataset_format, {})
+    untrained = metrics.get("untrained", {})
+    reference = max((r["clean"]["map_at_r"] for r in untrained.values()), default=None)
     lines = [
         "| dataset | loss | mode | MAP@R clean | MAP@R replaced (mean ± std) | relative drop | P@1 clean / replaced "
-        "| paper MAP@R % (all losses) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| clean MAP@R vs best untrained | paper MAP@R % (all losses) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for mode, result in metrics["modes"].items():
+    rows = [(mode, result, paper.get(mode, "-")) for mode, result in metrics["modes"].items()]
+    rows += [(UNTRAINED_LABELS.get(name, f"untrained, {name}"), result, "-") for name, result in untrained.items()]
+    for label, result, paper_value in rows:
         clean = result["clean"]["map_at_r"]
         replaced = result["replaced"]["map_at_r"]
+        versus = "-" if reference is None else f"{100 * (clean - reference):+.1f}"
         lines.append(
-            f"| {metrics['dataset']} | {metrics['loss']} | {mode} | {100 * clean:.1f} | "
+            f"| {metrics['dataset']} | {metrics['loss']} | {label} | {100 * clean:.1f} | "
             f"{100 * replaced['mean']:.1f} ± {100 * replaced['std']:.1f} | "
             f"{100 * relative_drop(clean, replaced['mean']):.1f} % | "
             f"{100 * result['clean']['precision_at_1']:.1f} / {100 * result['replaced']['precision_at_1']['mean']:.1f} | "
-            f"{paper.get(mode, '-')} |"
+            f"{versus} | {paper_value} |"
         )
+    return "\n".join(lines)
+
+
+def training_check(train_reports: dict[str, dict]) -> str:
+    """Did training beat its own start? Each mode's selected epoch against epoch 0 (the
+    untrained model) on the mode's selection metric; a model that did not is flagged."""
+    lines = [
+        "| mode | selection metric | epoch 0 (untrained) | best (epoch) | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for mode, r in train_reports.items():
+        selection = r["selection_metric"]
+        start = r.get(f"epoch0_{selection}")
+        if start is None:
+            verdict, start_text = "not measured (run from before epoch-0 validation)", "-"
+        else:
+            start_text = f"{100 * start:.1f}"
+            verdict = "beats its start" if r["beats_epoch0"] else "**FLAG: training did not beat its untrained start**"
+        lines.append(f"| {mode} | {selection} | {start_text} | {100 * r[selection]:.1f} ({r['best_epoch']} of "
+                     f"{r['epochs_run']}) | {verdict} |")
     return "\n".join(lines)
 
 
@@ -63,7 +96,7 @@ def table2(attention: dict, dataset_format: str) -> str:
 
 
 def results_markdown(metrics: dict, dataset_format: str, figure: str | None = None,
-                     attention: dict | None = None) -> str:
+                     attention: dict | None = None, train_reports: dict[str, dict] | None = None) -> str:
     parts = [
         "# Results",
         "",
@@ -75,6 +108,11 @@ def results_markdown(metrics: dict, dataset_format: str, figure: str | None = No
         "",
         table1(metrics, dataset_format),
     ]
+    if "untrained" in metrics:
+        parts += ["", "The untrained rows are the trained models' starting point on the same images and background "
+                      "draws; a trained model is worth reporting only above them."]
+    if train_reports:
+        parts += ["", "## Validation: did training beat its start?", "", training_check(train_reports)]
     if figure:
         parts += ["", f"![MAP@R clean vs replaced]({figure})"]
     if attention:
@@ -93,17 +131,22 @@ def results_markdown(metrics: dict, dataset_format: str, figure: str | None = No
     return "\n".join(parts) + "\n"
 
 
+BAR_LABELS = {"initialised": "(as initialised)", "pooled_features": "(pooled features)"}
+
+
 def bar_chart(metrics: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    modes = list(metrics["modes"])
-    clean = [100 * metrics["modes"][m]["clean"]["map_at_r"] for m in modes]
-    replaced = [100 * metrics["modes"][m]["replaced"]["map_at_r"]["mean"] for m in modes]
-    errors = [100 * metrics["modes"][m]["replaced"]["map_at_r"]["std"] for m in modes]
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    results = {**metrics["modes"], **{f"untrained\n{BAR_LABELS.get(n, n)}": r
+                                      for n, r in metrics.get("untrained", {}).items()}}
+    modes = list(results)
+    clean = [100 * results[m]["clean"]["map_at_r"] for m in modes]
+    replaced = [100 * results[m]["replaced"]["map_at_r"]["mean"] for m in modes]
+    errors = [100 * results[m]["replaced"]["map_at_r"]["std"] for m in modes]
+    fig, ax = plt.subplots(figsize=(1.5 + 1.4 * len(modes), 3.5), dpi=120)
     x = range(len(modes))
     ax.bar([i - 0.2 for i in x], clean, width=0.4, label="clean")
     ax.bar([i + 0.2 for i in x], replaced, width=0.4, yerr=errors, capsize=4, label="replaced backgrounds")
@@ -121,9 +164,9 @@ def bar_chart(metrics: dict, path: Path) -> None:
 
 
 def write_report(metrics: dict, dataset_format: str, reports_dir: Path,
-                 attention: dict | None = None) -> tuple[Path, Path]:
+                 attention: dict | None = None, train_reports: dict[str, dict] | None = None) -> tuple[Path, Path]:
     figure = reports_dir / "figures" / "map_at_r.png"
     bar_chart(metrics, figure)
     results = reports_dir / "results.md"
-    write_text(results, results_markdown(metrics, dataset_format, "figures/map_at_r.png", attention))
+    write_text(results, results_markdown(metrics, dataset_format, "figures/map_at_r.png", attention, train_reports))
     return results, figure

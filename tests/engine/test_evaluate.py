@@ -14,10 +14,11 @@ from bgbias.data.bgaugment import BackgroundPool, replace_backgrounds
 from bgbias.data.datasets import DatasetIndex
 from bgbias.data.image_dataset import MaskedImageDataset
 from bgbias.data.transforms import eval_transform, split_batch
-from bgbias.engine.evaluate import retrieval_metrics, summarize_draws
-from bgbias.engine.retrieval import evaluate_trained, background_draws
+from bgbias.engine.evaluate import embed, retrieval_metrics, summarize_draws
+from bgbias.engine.retrieval import background_draws, evaluate_trained, load_test_split
 from bgbias.engine.train import fit
 from bgbias.layout import Layout
+from bgbias.models import PooledFeatures, initial_model
 from bgbias.report import relative_drop, write_report
 from tests.conftest import write_params
 
@@ -87,3 +88,34 @@ def test_evaluate_and_report_stage_outputs(tiny_project):
     text = results.read_text()
     assert "| synthetic | multi_similarity | base |" in text and "| synthetic | multi_similarity | bgaugment |" in text
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_untrained_references_are_the_untouched_starting_point(tiny_project):
+    params = load_params(write_params(tiny_project, {"train": {"epochs": 1}, "eval": {"replaced_draws": 1}}))
+    layout = Layout(tiny_project)
+    for mode in ("base", "bgaugment"):
+        fit(params, layout, mode, progress=False)
+    report = evaluate_trained(params, layout, progress=False)
+    assert set(report["untrained"]) == {"initialised", "pooled_features"}
+
+    # Rebuilt independently of any checkpoint: the seeded start that training began from.
+    setup, test_set, _ = load_test_split(params, layout)
+    loader = DataLoader(test_set, batch_size=params.eval.batch_size)  # the stage's batches: same float sums
+    start = initial_model(params.model, params.assets_dir, params.seed).to(memory_format=torch.channels_last).eval()
+    assert report["untrained"]["initialised"]["clean"] == retrieval_metrics(*embed(start, loader, setup,
+                                                                                  progress=False))
+    pooled, _ = embed(PooledFeatures(start), loader, setup, progress=False)
+    assert pooled.shape == (len(test_set), 1280)  # EfficientNet-Lite0's features, no embedding layer
+    assert report["untrained"]["pooled_features"]["clean"] == retrieval_metrics(pooled, test_set.labels)
+
+    # The same start on the validation split is epoch 0 of the training curve.
+    history = torch.load(layout.train_dir("synthetic", "base") / "last.pt", weights_only=True)["history"]
+    val_set = MaskedImageDataset(DatasetIndex.read(layout.index_csv("synthetic"), params.selected.root).split("val"),
+                                 params.selected.root, layout.masks("synthetic"), eval_transform(params.train))
+    val = retrieval_metrics(*embed(start, DataLoader(val_set, batch_size=params.train.eval_batch_size), setup,
+                                   progress=False))
+    assert history[0]["epoch"] == 0 and history[0]["val_map_at_r"] == val["map_at_r"]
+
+    text = write_report(report, "csv", tiny_project / "reports")[0].read_text()
+    assert "| untrained, as initialised (backbone + fresh embedding) |" in text
+    assert "| untrained, backbone's pooled features |" in text

@@ -21,7 +21,7 @@ from bgbias.engine.evaluate import METRICS, embed, retrieval_metrics, summarize_
 from bgbias.engine.seeds import TEST_DRAWS, derived_seed
 from bgbias.files import write_json, write_text
 from bgbias.layout import Layout
-from bgbias.models import Embedder, create_model
+from bgbias.models import Embedder, PooledFeatures, create_model, initial_model
 from bgbias.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -86,23 +86,42 @@ def evaluate_trained(params: Params, layout: Layout, tracker: Tracker | None = N
 
     report: dict = {"dataset": params.dataset, "loss": params.loss, "test_images": len(test_set),
                     "test_classes": test_set.num_classes, "replaced_draws": len(draws), "modes": {}}
+    trained = {mode: load_trained(params, layout, mode, setup.device) for mode in MODES}
+    for mode, (model, _) in trained.items():
+        report["modes"][mode] = _evaluate_logged(mode, model, loader, setup, pool, draws, progress)
+    report["untrained"] = {name: _evaluate_logged(f"untrained ({name})", model, loader, setup, pool, draws, progress)
+                           for name, model in untrained_references(trained["base"][1], params, setup.device).items()}
+    flat = {f"untrained_{name}_{k}": v for name, result in report["untrained"].items()
+            for k, v in flat_test_metrics(result, prefix="test").items()}
     for mode in MODES:
-        model, _ = load_trained(params, layout, mode, setup.device)
-        result = evaluate_mode(model, loader, setup, pool, draws, progress)
-        report["modes"][mode] = result
-        clean, replaced = result["clean"]["map_at_r"], result["replaced"]["map_at_r"]["mean"]
-        log.info("%s: test MAP@R clean %.4f, replaced %.4f +- %.4f (relative drop %.1f %%)", mode, clean, replaced,
-                 result["replaced"]["map_at_r"]["std"], 100 * (1 - replaced / clean) if clean else 0.0)
         if attach_training_run(tracker, layout, params.dataset, mode):
-            tracker.log_metrics(_flat_test_metrics(result))
+            tracker.log_metrics({**flat_test_metrics(report["modes"][mode]), **flat})
     write_json(layout.metrics_report, report)
     return report
 
 
-def _flat_test_metrics(result: dict) -> dict[str, float]:
+def untrained_references(config: dict, params: Params, device: torch.device) -> dict[str, torch.nn.Module]:
+    """The trained models' starting point, rebuilt from their training config: as
+    initialised (backbone + the seeded fresh embedding layer) and the backbone's pooled
+    features alone (no embedding layer)."""
+    model = initial_model(ModelConfig.model_validate(config["model"]), params.assets_dir, int(config["seed"]))
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    return {"initialised": model, "pooled_features": PooledFeatures(model).eval()}
+
+
+def _evaluate_logged(name: str, model: torch.nn.Module, loader: DataLoader, setup: DeviceSetup, pool: BackgroundPool,
+                     draws: list[BackgroundDraw], progress: bool) -> dict:
+    result = evaluate_mode(model, loader, setup, pool, draws, progress)
+    clean, replaced = result["clean"]["map_at_r"], result["replaced"]["map_at_r"]["mean"]
+    log.info("%s: test MAP@R clean %.4f, replaced %.4f +- %.4f (relative drop %.1f %%)", name, clean, replaced,
+             result["replaced"]["map_at_r"]["std"], 100 * (1 - replaced / clean) if clean else 0.0)
+    return result
+
+
+def flat_test_metrics(result: dict, prefix: str = "test") -> dict[str, float]:
     """The same names for both modes, so MLflow's compare view lines base and bgaugment up."""
-    flat = {f"test_clean_{m}": result["clean"][m] for m in METRICS}
+    flat = {f"{prefix}_clean_{m}": result["clean"][m] for m in METRICS}
     for m in METRICS:
-        flat[f"test_replaced_{m}"] = result["replaced"][m]["mean"]
-        flat[f"test_replaced_{m}_std"] = result["replaced"][m]["std"]
+        flat[f"{prefix}_replaced_{m}"] = result["replaced"][m]["mean"]
+        flat[f"{prefix}_replaced_{m}_std"] = result["replaced"][m]["std"]
     return flat

@@ -45,7 +45,7 @@ from bgbias.errors import BgbiasError
 from bgbias.files import write_json
 from bgbias.layout import Layout
 from bgbias.losses import create_loss
-from bgbias.models import create_model
+from bgbias.models import Embedder, initial_model
 from bgbias.tracking import NullTracker, Tracker, context_tags
 
 log = logging.getLogger(__name__)
@@ -154,12 +154,29 @@ def fit(params: Params, layout: Layout, mode: str, tracker: Tracker | None = Non
         ddp.close()
 
 
-def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bool, progress: bool,
-         setup: DeviceSetup, ddp: Distributed, target: RunTarget) -> dict:
+@dataclass
+class Run:
+    """Everything an epoch needs, built once by `_prepare`."""
+
+    mode: str
+    model: Embedder
+    loss: nn.Module
+    step: nn.Module  # model + loss, wrapped in DDP when distributed
+    optimizer: torch.optim.Optimizer
+    train_set: MaskedImageDataset
+    val_set: MaskedImageDataset
+    sampler: MPerClassBatchSampler
+    val_loader: DataLoader
+    pool: BackgroundPool
+    val_draws: BackgroundDraw
+    config: dict
+    selection: str
+    m_per_class: int
+
+
+def _splits(params: Params, layout: Layout) -> tuple[MaskedImageDataset, MaskedImageDataset]:
     cfg = params.train
-    config = run_config(params, mode, layout)
-    index_csv = layout.index_csv(params.dataset)
-    index = DatasetIndex.read(index_csv, params.selected.root)
+    index = DatasetIndex.read(layout.index_csv(params.dataset), params.selected.root)
     masks_dir = layout.masks(params.dataset)
     train_set = MaskedImageDataset(index.split("train"), index.root, masks_dir, train_transform(cfg))
     val_set = MaskedImageDataset(index.split("val"), index.root, masks_dir, eval_transform(cfg))
@@ -167,10 +184,16 @@ def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bo
         if split.num_classes < 2:
             raise BgbiasError(f"dataset '{params.dataset}': the {name} split has {split.num_classes} class(es); "
                               "training needs at least 2 (check datasets.*.class_split)")
+    return train_set, val_set
 
-    # Model, loss and optimizer; the embedding layer's init is seeded.
-    torch.manual_seed(params.seed)
-    model = create_model(params.model, params.assets_dir).to(setup.device, memory_format=torch.channels_last)
+
+def _prepare(params: Params, layout: Layout, mode: str, setup: DeviceSetup, ddp: Distributed) -> Run:
+    cfg = params.train
+    config = run_config(params, mode, layout)
+    train_set, val_set = _splits(params, layout)
+
+    model = initial_model(params.model, params.assets_dir, params.seed).to(setup.device,
+                                                                          memory_format=torch.channels_last)
     loss_setup = create_loss(params.loss, config["loss_params"], train_set.num_classes, params.model.embedding_dim)
     loss = loss_setup.loss.to(setup.device)
     groups = model.parameter_groups(cfg.lr, cfg.lr_embedding)
@@ -191,90 +214,129 @@ def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bo
     pool = BackgroundPool.from_folder(layout.backgrounds / "train", cfg.resize, setup.device)
     val_draws = pool.draw(len(val_set), torch.Generator().manual_seed(derived_seed(params.seed, VAL_DRAWS)))
     val_loader = DataLoader(val_set, batch_size=cfg.eval_batch_size, shuffle=False, **setup.loader_options())
+    selection = "val_map_at_r" if mode == "base" else "val_replaced_map_at_r"
+    return Run(mode, model, loss, step, optimizer, train_set, val_set, sampler, val_loader, pool, val_draws,
+               config, selection, m)
 
+
+def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bool, progress: bool,
+         setup: DeviceSetup, ddp: Distributed, target: RunTarget) -> dict:
+    cfg = params.train
+    run = _prepare(params, layout, mode, setup, ddp)
     out_dir = target.out_dir or layout.train_dir(params.dataset, mode)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    fingerprint = _fingerprint(config, index_csv)
-    state = _resumable_state(last_path, fingerprint) if resume else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        loss.load_state_dict(state["loss"])
-        optimizer.load_state_dict(state["optimizer"])
-        log.info("%s: resuming after epoch %d (best val %.4f at epoch %d)", mode, state["epoch"],
-                 state["best_metric"], state["best_epoch"])
-    else:
-        state = {"epoch": 0, "best_metric": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [],
-                 "seconds": 0.0, "run_id": None}
-        if ddp.is_main:
-            best_path.unlink(missing_ok=True)  # a best.pt of an older run must not survive this one
+    fingerprint = _fingerprint(run.config, layout.index_csv(params.dataset))
+    state = _start_state(run, last_path, best_path, fingerprint, resume, ddp)
 
-    selection = "val_map_at_r" if mode == "base" else "val_replaced_map_at_r"
     if ddp.is_main:
-        data = {"train_images": len(train_set), "train_classes": train_set.num_classes,
-                "val_images": len(val_set), "val_classes": val_set.num_classes, "world_size": ddp.world_size,
-                "device": str(setup.device), "m_per_class": m, "selection_metric": selection}
-        tags = {**target.tags, "mode": mode, "dataset": params.dataset, "loss": params.loss,
-                "backbone": params.model.backbone,
-                **context_tags(layout.root)}
-        state["run_id"] = tracker.start(target.experiment or params.dataset, target.run_name or f"{mode}-{params.loss}",
-                                        {**config, "data": data}, tags,
-                                        resume_run_id=state["run_id"])
+        _start_tracking(run, params, layout, tracker, target, state, ddp, setup)
+        if not state["history"]:  # epoch 0: the untrained start, the first point of every curve
+            metrics = _validate(run.model, run.val_loader, setup, run.pool, run.val_draws, progress)
+            state["history"].append({"epoch": 0, **metrics})
+            tracker.log_metrics(metrics, step=0)
+            log.info("%s epoch 0 (untrained): val MAP@R %.4f, replaced %.4f", mode, metrics["val_map_at_r"],
+                     metrics["val_replaced_map_at_r"])
     log.info("%s: %d train images (%d classes), %d val images; %d epochs x %d iterations of %d on %s",
-             mode, len(train_set), train_set.num_classes, len(val_set), cfg.epochs, cfg.iterations_per_epoch,
-             cfg.batch_size, setup.device)
+             mode, len(run.train_set), run.train_set.num_classes, len(run.val_set), cfg.epochs,
+             cfg.iterations_per_epoch, cfg.batch_size, setup.device)
 
     stopped_early = False
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         start = time.perf_counter()
-        epoch_seed = derived_seed(params.seed, epoch, ddp.rank)
-        torch.manual_seed(epoch_seed)  # crops and flips (in-process loading)
-        sampler.set_epoch(epoch)
-        loader = DataLoader(train_set, batch_sampler=sampler, generator=torch.Generator().manual_seed(epoch_seed),
-                            **setup.loader_options())
-        augment = torch.Generator().manual_seed(epoch_seed)
-        step.train()
-        total = torch.zeros((), device=setup.device)
-        bar = tqdm(loader, desc=f"{mode} epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress)
-        for batch, labels, _ in bar:
-            images, labels = prepare_batch(batch, labels, setup, pool if mode == "bgaugment" else None,
-                                           augment, cfg.bgaugment_p)
-            total += optimise(step, optimizer, images, labels, setup)
-        train_loss = ddp.mean(total.item() / len(sampler))
-
+        train_loss = ddp.mean(_train_epoch(run, params, setup, ddp, epoch, progress))
         stop = False
         if ddp.is_main:
-            metrics = {"train_loss": train_loss, **_validate(model, val_loader, setup, pool, val_draws, progress),
-                       "lr": optimizer.param_groups[0]["lr"]}
-            state["seconds"] += time.perf_counter() - start
-            metrics["epoch_seconds"] = time.perf_counter() - start
-            state["history"].append({"epoch": epoch, **metrics})
-            improved = metrics[selection] > state["best_metric"]
-            if improved:
-                state.update(best_metric=metrics[selection], best_epoch=epoch, bad_epochs=0)
-                save_checkpoint(best_path, {"model": model.state_dict(), "loss": loss.state_dict(), "epoch": epoch,
-                                            "metric": metrics[selection], "selection": selection,
-                                            "config": json.dumps(config)})
-            else:
-                state["bad_epochs"] += 1
-            state["epoch"] = epoch
-            stop = state["bad_epochs"] >= cfg.patience
-            save_checkpoint(last_path, _last_state(state, model, loss, optimizer, fingerprint, finished=False))
-            tracker.log_metrics(metrics, step=epoch)
-            if target.on_epoch is not None:
-                target.on_epoch(epoch, metrics)  # may raise (a pruned tuning trial): last.pt is saved
-            log.info("%s epoch %d: loss %.4f, val MAP@R %.4f, replaced %.4f%s", mode, epoch, train_loss,
-                     metrics["val_map_at_r"], metrics["val_replaced_map_at_r"], " *" if improved else "")
+            metrics = {"train_loss": train_loss,
+                       **_validate(run.model, run.val_loader, setup, run.pool, run.val_draws, progress),
+                       "lr": run.optimizer.param_groups[0]["lr"]}
+            stop = _end_epoch(run, state, epoch, metrics, time.perf_counter() - start, cfg.patience, best_path,
+                              last_path, fingerprint, tracker, target)
         stopped_early = ddp.broadcast_flag(stop)
         if stopped_early:
             break
 
     result = {}
     if ddp.is_main:
-        result = _finish(state, mode, params, target.report or layout.train_report(mode), selection, stopped_early,
-                         tracker, best_path)
-        save_checkpoint(last_path, _last_state(state, model, loss, optimizer, fingerprint, finished=True))
+        result = _finish(state, mode, params, target.report or layout.train_report(mode), run.selection,
+                         stopped_early, tracker, best_path)
+        save_checkpoint(last_path, _last_state(state, run.model, run.loss, run.optimizer, fingerprint, finished=True))
     ddp.barrier()
     return result
+
+
+def _start_state(run: Run, last_path: Path, best_path: Path, fingerprint: str, resume: bool,
+                 ddp: Distributed) -> dict:
+    state = _resumable_state(last_path, fingerprint) if resume else None
+    if state is not None:
+        run.model.load_state_dict(state["model"])
+        run.loss.load_state_dict(state["loss"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        log.info("%s: resuming after epoch %d (best val %.4f at epoch %d)", run.mode, state["epoch"],
+                 state["best_metric"], state["best_epoch"])
+        return state
+    if ddp.is_main:
+        best_path.unlink(missing_ok=True)  # a best.pt of an older run must not survive this one
+    return {"epoch": 0, "best_metric": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [],
+            "seconds": 0.0, "run_id": None}
+
+
+def _start_tracking(run: Run, params: Params, layout: Layout, tracker: Tracker, target: RunTarget, state: dict,
+                    ddp: Distributed, setup: DeviceSetup) -> None:
+    data = {"train_images": len(run.train_set), "train_classes": run.train_set.num_classes,
+            "val_images": len(run.val_set), "val_classes": run.val_set.num_classes, "world_size": ddp.world_size,
+            "device": str(setup.device), "m_per_class": run.m_per_class, "selection_metric": run.selection}
+    tags = {**target.tags, "mode": run.mode, "dataset": params.dataset, "loss": params.loss,
+            "backbone": params.model.backbone, **context_tags(layout.root)}
+    state["run_id"] = tracker.start(target.experiment or params.dataset, target.run_name or f"{run.mode}-{params.loss}",
+                                    {**run.config, "data": data}, tags, resume_run_id=state["run_id"])
+
+
+def _train_epoch(run: Run, params: Params, setup: DeviceSetup, ddp: Distributed, epoch: int,
+                 progress: bool) -> float:
+    """One epoch of `iterations_per_epoch` steps; returns the mean train loss of this rank.
+    During the first `warmup_epochs` the backbone is frozen and only the embedding layer
+    (and a classification loss's weights) train: a fresh random layer's gradients would
+    otherwise pull the pretrained features apart before it has learned anything."""
+    cfg = params.train
+    epoch_seed = derived_seed(params.seed, epoch, ddp.rank)
+    torch.manual_seed(epoch_seed)  # crops and flips (in-process loading)
+    run.sampler.set_epoch(epoch)
+    loader = DataLoader(run.train_set, batch_sampler=run.sampler,
+                        generator=torch.Generator().manual_seed(epoch_seed), **setup.loader_options())
+    augment = torch.Generator().manual_seed(epoch_seed)
+    run.model.trunk.requires_grad_(epoch > cfg.warmup_epochs)
+    run.step.train()
+    total = torch.zeros((), device=setup.device)
+    pool = run.pool if run.mode == "bgaugment" else None
+    bar = tqdm(loader, desc=f"{run.mode} epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress)
+    for batch, labels, _ in bar:
+        images, labels = prepare_batch(batch, labels, setup, pool, augment, cfg.bgaugment_p)
+        total += optimise(run.step, run.optimizer, images, labels, setup)
+    return total.item() / len(run.sampler)
+
+
+def _end_epoch(run: Run, state: dict, epoch: int, metrics: dict[str, float], seconds: float, patience: int,
+               best_path: Path, last_path: Path, fingerprint: str, tracker: Tracker, target: RunTarget) -> bool:
+    """Record an epoch: best checkpoint, early-stopping count, last.pt, tracking. True = stop."""
+    state["seconds"] += seconds
+    metrics["epoch_seconds"] = seconds
+    state["history"].append({"epoch": epoch, **metrics})
+    improved = metrics[run.selection] > state["best_metric"]
+    if improved:
+        state.update(best_metric=metrics[run.selection], best_epoch=epoch, bad_epochs=0)
+        save_checkpoint(best_path, {"model": run.model.state_dict(), "loss": run.loss.state_dict(), "epoch": epoch,
+                                    "metric": metrics[run.selection], "selection": run.selection,
+                                    "config": json.dumps(run.config)})
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = epoch
+    save_checkpoint(last_path, _last_state(state, run.model, run.loss, run.optimizer, fingerprint, finished=False))
+    tracker.log_metrics(metrics, step=epoch)
+    if target.on_epoch is not None:
+        target.on_epoch(epoch, metrics)  # may raise (a pruned tuning trial): last.pt is saved
+    log.info("%s epoch %d: loss %.4f, val MAP@R %.4f, replaced %.4f%s", run.mode, epoch, metrics["train_loss"],
+             metrics["val_map_at_r"], metrics["val_replaced_map_at_r"], " *" if improved else "")
+    return state["bad_epochs"] >= patience
 
 
 def _resumable_state(last_path: Path, fingerprint: str) -> dict | None:
@@ -300,6 +362,7 @@ def _last_state(state: dict, model: nn.Module, loss: nn.Module, optimizer: torch
 def _finish(state: dict, mode: str, params: Params, report_path: Path, selection: str, stopped_early: bool,
             tracker: Tracker, best_path: Path) -> dict:
     best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
+    untrained = next((h for h in state["history"] if h["epoch"] == 0), None)
     result = {
         "mode": mode,
         "dataset": params.dataset,
@@ -313,6 +376,13 @@ def _finish(state: dict, mode: str, params: Params, report_path: Path, selection
         "processes": int(torch.distributed.get_world_size()) if torch.distributed.is_initialized() else 1,
         **{k: v for k, v in best.items() if k.startswith("val_")},
     }
+    if untrained is not None:  # runs resumed from a checkpoint older than epoch-0 validation lack it
+        result.update({f"epoch0_{k}": v for k, v in untrained.items() if k.startswith("val_")})
+        result["beats_epoch0"] = best[selection] > untrained[selection]
+        tracker.set_tags({"beats_epoch0": str(result["beats_epoch0"]).lower()})
+        if not result["beats_epoch0"]:
+            log.warning("%s: training did not beat its untrained start: best %s %.4f (epoch %d) <= %.4f at epoch 0",
+                        mode, selection, best[selection], state["best_epoch"], untrained[selection])
     write_json(report_path, result)
     tracker.log_metrics({f"best_{k}": v for k, v in best.items() if k.startswith("val_")}, step=state["best_epoch"])
     tracker.log_artifact(best_path, "checkpoints")

@@ -23,9 +23,12 @@ class Embedder(nn.Module):
         self.embedding = nn.Linear(backbone.num_features, embedding_dim)
         self.freeze_bn = freeze_bn
 
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's globally average-pooled features [B, C], before the embedding layer."""
+        return self.trunk(self.normalize(images)).mean(dim=(2, 3))  # [B, C, h, w] -> [B, C]
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.trunk(self.normalize(images))  # [B, C, h, w]
-        return self.embedding(features.mean(dim=(2, 3)))  # [B, dim]
+        return self.embedding(self.pooled(images))  # [B, dim]
 
     def train(self, mode: bool = True) -> Embedder:
         super().train(mode)
@@ -45,8 +48,27 @@ class Embedder(nn.Module):
         ]
 
 
+class PooledFeatures(nn.Module):
+    """An embedder seen without its embedding layer: [B, 3, H, W] -> pooled features [B, C]
+    (the untrained backbone's own retrieval, a reference every trained model must beat)."""
+
+    def __init__(self, embedder: Embedder):
+        super().__init__()
+        self.embedder = embedder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embedder.pooled(images)
+
+
 def create_model(cfg: ModelConfig, assets_dir: Path, pretrained: bool = True) -> Embedder:
     """pretrained=False skips the ImageNet weights: for loading a trained checkpoint, which
     then works without the weights file (e.g. a bninception model on another machine)."""
     backbone = create_backbone(cfg.backbone, cfg.weights, assets_dir, pretrained)
     return Embedder(backbone, cfg.embedding_dim, cfg.freeze_bn)
+
+
+def initial_model(cfg: ModelConfig, assets_dir: Path, seed: int) -> Embedder:
+    """The model a training starts from: ImageNet backbone + the seeded fresh embedding
+    layer. Evaluation rebuilds it as the untrained reference, so both seed the same way."""
+    torch.manual_seed(seed)
+    return create_model(cfg, assets_dir)
