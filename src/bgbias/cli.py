@@ -148,6 +148,22 @@ def cmd_report(args: argparse.Namespace) -> None:
                 tracker.log_artifact(results, "report")
 
 
+def cmd_seeds_table(args: argparse.Namespace) -> None:
+    from bgbias.report import seeds_table
+
+    runs = []
+    for name in args.metrics:
+        path = Path(name)
+        try:
+            runs.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BgbiasError(f"{path}: not a readable metrics.json ({type(exc).__name__})") from None
+    keys = {(r.get("dataset"), r.get("loss"), r.get("test_images")) for r in runs}
+    if len(keys) != 1:
+        raise BgbiasError(f"the metrics files are of different studies (dataset, loss, test images): {sorted(keys)}")
+    print(seeds_table(runs))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bgbias", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -192,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="local processes sharing the study (default: tune.workers)")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     tracked_stage("report", "stage: reports/results.md (Tables 1 and 2) and the MAP@R bar chart", cmd_report)
+
+    p = sub.add_parser("seeds-table", help="Table 1 as mean ± std over several runs' metrics.json (training seeds)")
+    p.add_argument("metrics", nargs="+", help="reports/metrics.json of each run")
+    p.set_defaults(func=cmd_seeds_table)
 
     p = sub.add_parser("mask-quality", help="stage (no arguments), or IoU of PRED_DIR masks against GT_DIR")
     p.add_argument("pred_dir", nargs="?")

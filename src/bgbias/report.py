@@ -62,6 +62,37 @@ def table1(metrics: dict, dataset_format: str) -> str:
     return "\n".join(lines)
 
 
+def seeds_table(runs: list[dict]) -> str:
+    """Table 1 over training seeds: one metrics.json per seed (same data, draws and recipe),
+    each row's MAP@R as mean ± std over the seeds (population std; each seed's replaced
+    value is already its mean over the background draws)."""
+    import numpy as np
+
+    def rows(metrics: dict) -> dict[str, dict]:
+        named = dict(metrics["modes"])
+        named.update({UNTRAINED_LABELS.get(n, n): r for n, r in metrics.get("untrained", {}).items()})
+        return named
+
+    per_run = [rows(m) for m in runs]
+    lines = [
+        "| mode | MAP@R clean | MAP@R replaced | relative drop | P@1 clean | P@1 replaced | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(values: list[float], scale: float = 100.0, unit: str = "") -> str:
+        return f"{scale * np.mean(values):.1f} ± {scale * np.std(values):.1f}{unit}"
+
+    for label in per_run[0]:
+        results = [r[label] for r in per_run if label in r]
+        clean = [r["clean"]["map_at_r"] for r in results]
+        replaced = [r["replaced"]["map_at_r"]["mean"] for r in results]
+        drops = [relative_drop(c, x) for c, x in zip(clean, replaced)]
+        lines.append(f"| {label} | {cell(clean)} | {cell(replaced)} | {cell(drops, unit=' %')} | "
+                     f"{cell([r['clean']['precision_at_1'] for r in results])} | "
+                     f"{cell([r['replaced']['precision_at_1']['mean'] for r in results])} | {len(results)} |")
+    return "\n".join(lines)
+
+
 def training_check(train_reports: dict[str, dict]) -> str:
     """Did training beat its own start? Each mode's selected epoch against epoch 0 (the
     untrained model) on the mode's selection metric; a model that did not is flagged."""

@@ -1,0 +1,46 @@
+"""Report tables from metrics worked out by hand."""
+
+from __future__ import annotations
+
+import json
+
+from bgbias.cli import main
+from bgbias.report import seeds_table, table1
+
+
+def _result(clean: float, replaced: float, p1: float = 0.5) -> dict:
+    metric = {"mean": replaced, "std": 0.0, "draws": 1}
+    return {"clean": {"map_at_r": clean, "precision_at_1": p1, "r_precision": clean},
+            "replaced": {"map_at_r": metric, "precision_at_1": {"mean": p1, "std": 0.0, "draws": 1},
+                         "r_precision": metric}}
+
+
+def _metrics(base: float, untrained: float) -> dict:
+    return {"dataset": "d", "loss": "triplet", "test_images": 10, "test_classes": 2, "replaced_draws": 1,
+            "modes": {"base": _result(base, base / 2)},
+            "untrained": {"pooled_features": _result(untrained, untrained / 4)}}
+
+
+def test_table1_says_how_far_each_row_is_above_the_best_untrained():
+    text = table1(_metrics(0.30, 0.25), "csv")
+    assert "| d | triplet | base | 30.0 | 15.0 ± 0.0 | 50.0 % | 50.0 / 50.0 | +5.0 | - |" in text
+    assert "| untrained, backbone's pooled features | 25.0 | 6.2 ± 0.0 | 75.0 % | 50.0 / 50.0 | +0.0 | - |" in text
+
+
+def test_seeds_table_is_mean_and_population_std_over_runs(tmp_path, capsys):
+    # base clean 0.2 and 0.4: mean 30.0, std 10.0; replaced 0.1 and 0.2: 15.0 ± 5.0; drop 50 % both.
+    runs = [_metrics(0.2, 0.1), _metrics(0.4, 0.1)]
+    text = seeds_table(runs)
+    assert "| base | 30.0 ± 10.0 | 15.0 ± 5.0 | 50.0 ± 0.0 % | 50.0 ± 0.0 | 50.0 ± 0.0 | 2 |" in text
+    assert "| untrained, backbone's pooled features | 10.0 ± 0.0 | 2.5 ± 0.0 | 75.0 ± 0.0 % |" in text
+
+    files = []
+    for i, run in enumerate(runs):
+        files.append(tmp_path / f"s{i}.json")
+        files[-1].write_text(json.dumps(run))
+    assert main(["seeds-table", *map(str, files)]) == 0
+    assert capsys.readouterr().out.strip() == text
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**runs[0], "dataset": "e"}))
+    assert main(["seeds-table", str(files[0]), str(other)]) == 2
+    assert "different studies" in capsys.readouterr().err
