@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
@@ -57,6 +57,11 @@ class MaskReport:
 
     def as_dict(self) -> dict:
         return {"written": self.written, "existing": self.existing, "failed": self.failed}
+
+
+def mask_name(relative_image_path: str) -> str:
+    """A mask's path relative to its folder: the image's, with the extension .png."""
+    return PurePosixPath(relative_image_path).with_suffix(".png").as_posix()
 
 
 def mask_path_for(relative_image_path: str | Path, out_dir: Path) -> Path:
