@@ -341,6 +341,9 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         raise BgbiasError(f"params file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise BgbiasError(f"{path}:{line}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise BgbiasError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):

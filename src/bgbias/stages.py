@@ -17,6 +17,7 @@ from bgbias.data.synthetic import generate
 from bgbias.errors import BgbiasError
 from bgbias.files import write_json
 from bgbias.layout import Layout
+from bgbias.process_guard import hold_folder
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,11 @@ def index(params: Params, layout: Layout) -> DatasetIndex:
 
 
 def masks(params: Params, layout: Layout) -> dict:
+    with hold_folder(layout.masks(params.dataset)):  # one masks stage per folder at a time
+        return _masks(params, layout)
+
+
+def _masks(params: Params, layout: Layout) -> dict:
     dataset_index = DatasetIndex.read(layout.index_csv(params.dataset), params.selected.root)
     out_dir = layout.masks(params.dataset)
     jobs = [MaskJob(dataset_index.root / s.path, mask_path_for(s.path, out_dir), s.sha1)

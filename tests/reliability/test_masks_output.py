@@ -15,6 +15,7 @@ from tests.reliability.conftest import VICTIM_BYTES, assert_ok, assert_only_chan
 from tests.reliability.formats import CLASSES, csv_dataset
 
 INDEX_HEADER = "path,class_id,class_name,split,sha1"
+MASKS_LOCK = "project/outputs/masks/.ds.lock"  # the stage's lock, beside its folder
 
 
 def stage_project(probe, rows: list[str]) -> None:
@@ -38,7 +39,7 @@ def test_stage_refuses_crafted_index_paths(probe, assets_dir, row, fragments):
     before = probe.snapshot()
     assert_refused(probe.run("masks"), *fragments)
     assert probe.victim.read_bytes() == VICTIM_BYTES
-    assert_only_changed(before, probe.snapshot())
+    assert_only_changed(before, probe.snapshot(), MASKS_LOCK)
 
 
 def test_stage_refuses_a_mask_folder_linked_outside(probe, assets_dir):
@@ -48,7 +49,7 @@ def test_stage_refuses_a_mask_folder_linked_outside(probe, assets_dir):
     (masks / "cat").symlink_to(probe.outside, target_is_directory=True)
     before = probe.snapshot()
     assert_refused(probe.run("masks"), "cat/0.png", "outside the masks folder")
-    assert_only_changed(before, probe.snapshot())
+    assert_only_changed(before, probe.snapshot(), MASKS_LOCK)
 
 
 def test_folder_mode_refuses_an_output_subfolder_linked_outside(probe, assets_dir):

@@ -310,8 +310,8 @@ def _safe_paths(records: list[Record], root: Path) -> list[Record]:
 
 
 def _without_duplicates(records: list[Record], policy: IndexConfig, root: Path) -> tuple[list[Record], list[dict]]:
-    """A path listed more than once (the same image twice, or with two labels) fails, or with
-    `on_duplicate: drop` keeps its first row (all rows if the labels disagree are dropped)."""
+    """A path listed more than once (the same image twice, or with two labels) fails; with
+    `on_duplicate: drop` only its first row is kept, or none if the rows' labels differ."""
     rows: dict[str, list[Record]] = defaultdict(list)
     for r in records:
         rows[r.path].append(r)
@@ -329,8 +329,9 @@ def _without_duplicates(records: list[Record], policy: IndexConfig, root: Path) 
                               "set index.on_duplicate: drop to drop repeated rows")
         duplicates.append({"path": path, "labels": sorted({r.class_name for r in listed}),
                            "rows": [r.source for r in listed], "kept": first.source if agree else None})
-        dropped.update(id(r) for r in (listed[1:] if agree else listed))
-        log.warning("dropping %d row(s) of %s listed %d times%s", len(listed) - agree, path, len(listed),
+        drop = listed[1:] if agree else listed
+        dropped.update(id(r) for r in drop)
+        log.warning("dropping %d row(s) of %s, listed %d times%s", len(drop), path, len(listed),
                     "" if agree else " with different labels")
     return [r for r in records if id(r) not in dropped], duplicates
 
