@@ -41,9 +41,17 @@ CASES = {  # id: (params.yaml bytes, fragments of the error line)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("command", [["check"], ["index"]])
-def test_bad_params_refused_before_any_work(probe, case, command):
+def test_bad_params_refused_by_check(probe, case):
     text, fragments = CASES[case]
+    (probe.project / "params.yaml").write_bytes(text)
+    before = probe.snapshot()
+    assert_refused(probe.run("check"), *fragments)
+    assert_only_changed(before, probe.snapshot())
+
+
+@pytest.mark.parametrize("command", [["index"], ["masks"], ["train", "--mode", "base"], ["evaluate"]])
+def test_stages_refuse_bad_params_before_any_work(probe, command):
+    text, fragments = CASES["m_over_batch"]
     (probe.project / "params.yaml").write_bytes(text)
     before = probe.snapshot()
     assert_refused(probe.run(*command), *fragments)

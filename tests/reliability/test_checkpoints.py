@@ -48,7 +48,8 @@ def trained_probe(tiny_project) -> Probe:
     return probe
 
 
-TRAIN = "project/outputs/train/synthetic"
+TRAIN = "outputs/train/synthetic"
+LOCK = f"project/{TRAIN}/.base.lock"  # the trainer's lock on its folder, beside it
 
 CASES = [
     # (what is planted where, command, params overrides, error fragments, folders the command may write)
@@ -56,13 +57,13 @@ CASES = [
     (truncated, "best.pt", ["evaluate", "--no-track"], {}, ["checkpoint", "best.pt", "truncated"], ["project/outputs/eval"]),
     (not_a_dict, "best.pt", ["evaluate", "--no-track"], {}, ["best.pt", "not a checkpoint"], ["project/outputs/eval"]),
     (malicious, "last.pt", ["train", "--mode", "base", "--resume", "--no-track"], {}, ["checkpoint", "last.pt", "refused"],
-     []),
-    (truncated, "last.pt", ["train", "--mode", "base", "--resume", "--no-track"], {}, ["last.pt", "truncated"], []),
+     [LOCK]),
+    (truncated, "last.pt", ["train", "--mode", "base", "--resume", "--no-track"], {}, ["last.pt", "truncated"], [LOCK]),
     (malicious, "weights.pth", ["train", "--mode", "base", "--no-track"],
      {"model": {"backbone": "resnet50", "weights": "weights.pth"}}, ["resnet50 weights file", "weights.pth", "refused"],
-     []),
+     [LOCK]),
     (truncated, "weights.pth", ["train", "--mode", "base", "--no-track"],
-     {"model": {"backbone": "bninception", "weights": "weights.pth"}}, ["bninception weights file", "truncated"], []),
+     {"model": {"backbone": "bninception", "weights": "weights.pth"}}, ["bninception weights file", "truncated"], [LOCK]),
 ]
 
 
@@ -72,11 +73,10 @@ def test_bad_checkpoint_is_refused(trained_probe, plant, name, command, override
     probe = trained_probe
     write_params(probe.project, overrides)
     marker = probe.outside / "code-was-run"
-    target = probe.project / "weights.pth" if name == "weights.pth" else probe.project / TRAIN[8:] / "base" / name
-    for mode in ("base", "bgaugment"):  # evaluate needs both modes' files to get that far
-        if name == "best.pt":
-            plant(probe.project / TRAIN[8:] / mode / name, marker)
+    target = probe.project / "weights.pth" if name == "weights.pth" else probe.project / TRAIN / "base" / name
     plant(target, marker)
+    if name == "best.pt":  # evaluate reads both modes' files
+        plant(probe.project / TRAIN / "bgaugment" / name, marker)
     before = probe.snapshot()
     assert_refused(probe.run(*command), str(target), *fragments)
     assert not marker.exists()

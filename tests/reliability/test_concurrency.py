@@ -76,8 +76,7 @@ def test_second_writer_of_a_folder_fails_at_once(tiny_project, args, folder, ass
 def test_stage_run_by_dvc_dies_with_its_parent(tiny_project):
     write_params(tiny_project, {"train": {"epochs": 100}})
     folder = tiny_project / "outputs/train/synthetic/base"
-    launcher = ("import subprocess, sys; p = subprocess.Popen(sys.argv[1:], cwd=sys.argv[2].rsplit('/', 1)[0]); "
-                "print(p.pid, flush=True); p.wait()")
+    launcher = "import subprocess, sys; p = subprocess.Popen(sys.argv[1:]); print(p.pid, flush=True); p.wait()"
     cmd = [sys.executable, "-c", launcher, sys.executable, "-m", "bgbias", "--params",
            str(tiny_project / "params.yaml"), *TRAIN]
     parent = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True,
