@@ -194,7 +194,7 @@ class TrainConfig(Section):
     bgaugment_p: Probability = 1.0  # share of training images whose background is replaced
     # Epochs at the start with the backbone frozen (only the embedding layer trains), so the
     # fresh layer's random gradients do not damage the pretrained features (0: the paper).
-    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    warmup_epochs: Annotated[Int, Field(ge=0)] = 0
     eval_batch_size: PositiveInt = 128
     workers: Annotated[Int, Field(ge=0)] | None = None  # DataLoader workers; None: 0 on CPU, 8 on CUDA
     device: Literal["auto", "cpu", "cuda"] = "auto"
