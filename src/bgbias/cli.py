@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -87,9 +89,12 @@ def _tracker(args: argparse.Namespace, layout):
 
 def cmd_train(args: argparse.Namespace) -> None:
     from bgbias.engine.train import fit
+    from bgbias.process_guard import hold_folder
 
     params, layout = _params(args)
-    result = fit(params, layout, args.mode, _tracker(args, layout), resume=args.resume)
+    writer = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the folder
+    with hold_folder(layout.train_dir(params.dataset, args.mode)) if writer else contextlib.nullcontext():
+        result = fit(params, layout, args.mode, _tracker(args, layout), resume=args.resume)
     if result:
         print(json.dumps(result, indent=2))
 
@@ -224,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if os.environ.get("DVC_STAGE"):  # run by `dvc repro` / `dvc exp run`: stop when DVC is killed
+        from bgbias.process_guard import die_with_parent
+
+        die_with_parent()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     if not args.verbose:  # per-call chatter of pytorch-metric-learning and faiss
         for name in ("PML", "faiss.loader"):

@@ -11,16 +11,30 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from bgbias.errors import BgbiasError
 
 LOSSES = ("contrastive", "triplet", "multi_similarity", "arcface", "normalized_softmax")
 DATASET_FORMATS = ("cars196", "cub200", "sop", "folder", "csv")
 
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0.0)]
+
+def _not_a_boolean(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got a boolean ({str(value).lower()})")
+    return value
+
+
+# Strict types: pydantic's lax mode would read `epochs: true` as 1 and `"3"` as 3. Integers
+# must be integers; floats take any number (and numeric text: PyYAML reads `1e-4` as a
+# string), never a boolean; booleans must be true or false.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, BeforeValidator(_not_a_boolean)]
+Bool = Annotated[bool, Strict()]
+Probability = Annotated[Float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[Int, Field(gt=0)]
+PositiveFloat = Annotated[Float, Field(gt=0.0)]
 BACKBONES = ("efficientnet_lite0", "bninception", "resnet50")
 MODES = ("base", "bgaugment")
 
@@ -98,9 +112,12 @@ class DatasetConfig(Section):
 
 
 class IndexConfig(Section):
-    min_images_per_class: Annotated[int, Field(ge=2)] = 2
+    min_images_per_class: Annotated[Int, Field(ge=2)] = 2
     on_small_class: Literal["drop", "fail"] = "drop"
     on_corrupt_image: Literal["skip", "fail"] = "skip"
+    # A path listed twice (or with two labels): fail, or drop the repeats (a path with two
+    # labels entirely) with a warning, recorded in outputs/index/<dataset>.json.
+    on_duplicate: Literal["fail", "drop"] = "fail"
     workers: PositiveInt = 2
 
 
@@ -112,8 +129,8 @@ class SyntheticClasses(Section):
 
 class SyntheticConfig(Section):
     classes: SyntheticClasses = SyntheticClasses()
-    images_per_class: Annotated[int, Field(ge=2)] = 30
-    image_size: Annotated[int, Field(ge=32, le=1024)] = 96
+    images_per_class: Annotated[Int, Field(ge=2)] = 30
+    image_size: Annotated[Int, Field(ge=32, le=1024)] = 96
     bg_correlation: Probability = 0.9
     # Object area as a share of the image, drawn uniformly per image.
     object_area: tuple[Probability, Probability] = (0.12, 0.26)
@@ -133,8 +150,8 @@ class BackgroundsConfig(Section):
     source: str = "bundled"
     train_subdir: str = "val"
     test_subdir: str = "test"
-    procedural_per_pool: Annotated[int, Field(ge=0)] = 40
-    max_side: Annotated[int, Field(ge=32)] = 512
+    procedural_per_pool: Annotated[Int, Field(ge=0)] = 40
+    max_side: Annotated[Int, Field(ge=32)] = 512
 
 
 class MasksConfig(Section):
@@ -145,14 +162,14 @@ class MasksConfig(Section):
 
 
 class MaskQualityConfig(Section):
-    threshold: Annotated[int, Field(ge=1, le=255)] = 128
+    threshold: Annotated[Int, Field(ge=1, le=255)] = 128
 
 
 class ModelConfig(Section):
     backbone: Literal["efficientnet_lite0", "bninception", "resnet50"] = "efficientnet_lite0"
     embedding_dim: PositiveInt = 128
     # The paper keeps every BatchNorm in eval mode (no running-stat updates) while training.
-    freeze_bn: bool = True
+    freeze_bn: Bool = True
     # ImageNet weights file: required for bninception, optional for resnet50 (random
     # init with a warning otherwise); efficientnet_lite0 uses the offline asset.
     weights: Path | None = None
@@ -164,22 +181,22 @@ class TrainConfig(Section):
     epochs: PositiveInt = 100  # upper bound; early stopping usually ends sooner
     iterations_per_epoch: PositiveInt = 100
     patience: PositiveInt = 15  # epochs without a better validation MAP@R
-    batch_size: Annotated[int, Field(ge=2)] = 32
+    batch_size: Annotated[Int, Field(ge=2)] = 32
     m_per_class: PositiveInt = 4  # classification losses always use 1
     lr: PositiveFloat = 1e-6  # embedder (backbone + embedding layer)
     lr_embedding: PositiveFloat | None = None  # embedding layer; None = lr
-    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
-    resize: Annotated[int, Field(ge=16)] = 256  # eval: shorter side, then centre crop
-    crop: Annotated[int, Field(ge=16)] = 227
+    weight_decay: Annotated[Float, Field(ge=0.0)] = 1e-4
+    momentum: Annotated[Float, Field(ge=0.0, lt=1.0)] = 0.9
+    resize: Annotated[Int, Field(ge=16)] = 256  # eval: shorter side, then centre crop
+    crop: Annotated[Int, Field(ge=16)] = 227
     crop_scale: tuple[Probability, Probability] = (0.16, 1.0)
     crop_ratio: tuple[PositiveFloat, PositiveFloat] = (0.75, 4 / 3)
     bgaugment_p: Probability = 1.0  # share of training images whose background is replaced
     # Epochs at the start with the backbone frozen (only the embedding layer trains), so the
     # fresh layer's random gradients do not damage the pretrained features (0: the paper).
-    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    warmup_epochs: Annotated[Int, Field(ge=0)] = 0
     eval_batch_size: PositiveInt = 128
-    workers: Annotated[int, Field(ge=0)] | None = None  # DataLoader workers; None: 0 on CPU, 8 on CUDA
+    workers: Annotated[Int, Field(ge=0)] | None = None  # DataLoader workers; None: 0 on CPU, 8 on CUDA
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")
@@ -192,13 +209,26 @@ class TrainConfig(Section):
             raise ValueError(f"crop_ratio must satisfy low <= high (got {self.crop_ratio})")
         return self
 
+    @field_validator("m_per_class")
+    @classmethod
+    def _fits_batch(cls, m: int, info: ValidationInfo) -> int:
+        # Checked for every loss (classification losses use m=1), so that `-S loss=...` or a
+        # tuning study cannot turn valid params invalid. batch_size is validated first.
+        batch = info.data.get("batch_size")
+        if batch is not None and m > batch:
+            raise ValueError(f"must be <= train.batch_size ({batch}) (got {m})")
+        if batch is not None and batch % m:
+            raise ValueError(f"must divide train.batch_size ({batch}): batches hold batch_size / m classes "
+                             f"of m images (got {m})")
+        return m
+
 
 class LossParamsConfig(Section):
     # paper: the paper's values for cars196/cub200/sop formats, documented defaults otherwise;
     # tuned: the best values of `bgbias tune` (params/tuned/<dataset>/<loss>.yaml).
     source: Literal["paper", "tuned"] = "paper"
     # Per-loss overrides on top, e.g. {multi_similarity: {alpha: 2.0}}.
-    overrides: dict[str, dict[str, float]] = {}
+    overrides: dict[str, dict[str, Float]] = {}
 
     @model_validator(mode="after")
     def _known_keys(self) -> LossParamsConfig:
@@ -233,7 +263,7 @@ class TuneConfig(Section):
     timeout: PositiveFloat | None = None  # seconds per `bgbias tune` call
     epochs: PositiveInt = 3  # trial budget: epochs of train.iterations_per_epoch
     pruner: Literal["median", "hyperband", "none"] = "median"
-    search_lr: bool = False  # also search train.lr
+    search_lr: Bool = False  # also search train.lr
     workers: PositiveInt = 1  # local processes sharing the study
     # None: an Optuna journal file under outputs/tune/ (safe for local processes); or an
     # RDB URL (e.g. postgresql://user:pass@host/db) for workers on several machines.
@@ -243,7 +273,7 @@ class TuneConfig(Section):
 class Params(Section):
     dataset: str
     loss: Literal["contrastive", "triplet", "multi_similarity", "arcface", "normalized_softmax"]
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[Int, Field(ge=0)] = 0
     assets_dir: Path = Path("data/assets")
     datasets: dict[str, DatasetConfig]
     index: IndexConfig = IndexConfig()
@@ -311,6 +341,9 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         raise BgbiasError(f"params file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise BgbiasError(f"{path}:{line}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise BgbiasError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):

@@ -12,11 +12,12 @@ from bgbias.config import Params
 from bgbias.data.backgrounds import build_pools
 from bgbias.data.datasets import DatasetIndex, build_index
 from bgbias.data.mask_quality import evaluate_masks
-from bgbias.data.masks import MODEL_NAME, MaskJob, compute_masks, mask_path_for
+from bgbias.data.masks import MODEL_NAME, MaskJob, check_folders, check_jobs, compute_masks, mask_path_for
 from bgbias.data.synthetic import generate
 from bgbias.errors import BgbiasError
 from bgbias.files import write_json
 from bgbias.layout import Layout
+from bgbias.process_guard import hold_folder
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,17 @@ def index(params: Params, layout: Layout) -> DatasetIndex:
 
 
 def masks(params: Params, layout: Layout) -> dict:
+    with hold_folder(layout.masks(params.dataset)):  # one masks stage per folder at a time
+        return _masks(params, layout)
+
+
+def _masks(params: Params, layout: Layout) -> dict:
     dataset_index = DatasetIndex.read(layout.index_csv(params.dataset), params.selected.root)
     out_dir = layout.masks(params.dataset)
     jobs = [MaskJob(dataset_index.root / s.path, mask_path_for(s.path, out_dir), s.sha1)
             for s in dataset_index.samples]
+    check_folders(dataset_index.root, out_dir)
+    check_jobs(jobs, out_dir)  # before anything in the folder is touched
     _remove_unlisted(out_dir, {job.mask for job in jobs})
     model = asset_path(MODEL_NAME, params.assets_dir)
     start = time.perf_counter()

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -7,7 +8,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from bgbias.data.masks import MaskJob, U2netpMasker, compute_masks, folder_jobs
+from bgbias.data.masks import SOURCE_HASHES, MaskJob, U2netpMasker, compute_masks, folder_jobs
 from tests.conftest import object_image
 
 
@@ -125,3 +126,24 @@ def test_job_paths_drop_extension(tmp_path):
     (tmp_path / "in" / "notes.txt").write_text("x")
     assert folder_jobs(tmp_path / "in", tmp_path / "o") == [MaskJob(tmp_path / "in" / "d" / "p.JPEG",
                                                                       tmp_path / "o" / "d" / "p.png")]
+
+
+def test_record_journal_of_a_killed_run_is_merged(tmp_path, assets_dir):
+    """A run killed after writing masks left their entries in the journal (the last line torn
+    by the kill): the next run keeps exactly the masks the journal vouches for."""
+    for i in range(3):
+        object_image(tmp_path / "in" / f"{i}.png", size=32, seed=i)
+    jobs = folder_jobs(tmp_path / "in", tmp_path / "out")
+    model = assets_dir / "u2netp.onnx"
+    compute_masks(jobs, tmp_path / "out", model, workers=1, progress=False)
+    record = tmp_path / "out" / SOURCE_HASHES
+    made_from = json.loads(record.read_text())
+    record.write_text(json.dumps({"0.png": made_from["0.png"]}))  # as saved before the run started
+    journal = json.dumps(["1.png", made_from["1.png"]]) + "\n" + json.dumps(["2.png", made_from["2.png"]])[:20]
+    (tmp_path / "out" / "source_hashes.journal").write_text(journal)
+
+    report = compute_masks(jobs, tmp_path / "out", model, workers=1, progress=False)
+
+    assert (report.existing, report.written) == (2, 1)  # 2.png's entry was torn: recomputed
+    assert json.loads(record.read_text()) == made_from
+    assert not (tmp_path / "out" / "source_hashes.journal").exists()

@@ -9,8 +9,13 @@ Several processes can share the work (`workers`), each with its slice of the CPU
 Resumable: each mask is written atomically (temp file + rename) and existing masks are
 skipped, so a killed run continues where it stopped and never leaves a half-written mask.
 A mask is reused only if it was made from the image file that is there now:
-`OUT_DIR/source_hashes.json` records each source's sha1, so an image replaced under the
-same name gets a new mask. An image that fails is reported, never written as an empty mask.
+`OUT_DIR/source_hashes.json` records the sha1 of the image each mask was made from, entered
+only after the mask is written (a PNG this code did not write has no entry and is
+recomputed), and an image replaced under the same name gets a new mask. An image that
+fails is reported, never written as an empty mask.
+
+Masks are written only under OUT_DIR: a job whose mask would land elsewhere (its folder
+resolved through symbolic links), or two images sharing a mask name, are refused.
 """
 
 from __future__ import annotations
@@ -20,16 +25,18 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from bgbias.data.images import is_image_file, load_rgb
+from bgbias.errors import BgbiasError
 from bgbias.files import remove_stale_temps, save_image, write_json
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,7 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 PREFETCH = 8  # images decoded ahead of the model
 SOURCE_HASHES = "source_hashes.json"
+SOURCE_JOURNAL = "source_hashes.journal"
 
 
 @dataclass(frozen=True)
@@ -59,14 +67,47 @@ class MaskReport:
         return {"written": self.written, "existing": self.existing, "failed": self.failed}
 
 
+def mask_name(relative_image_path: str) -> str:
+    """A mask's path relative to its folder: the image's, with the extension .png."""
+    return PurePosixPath(relative_image_path).with_suffix(".png").as_posix()
+
+
 def mask_path_for(relative_image_path: str | Path, out_dir: Path) -> Path:
     """`OUT_DIR/<relative path without extension>.png`."""
     return Path(out_dir) / Path(relative_image_path).with_suffix(".png")
 
 
+def check_folders(images_dir: Path, out_dir: Path) -> None:
+    """OUT_DIR must not hold the images: masks would overwrite them, stale ones be deleted."""
+    images, out = Path(images_dir).resolve(), Path(out_dir).resolve()
+    if images.is_relative_to(out):
+        raise BgbiasError(f"OUT_DIR {out_dir} must not contain IMAGES_DIR {images_dir} "
+                          "(masks would be written among the images)")
+
+
 def folder_jobs(images_dir: Path, out_dir: Path) -> list[MaskJob]:
-    images = sorted(p for p in Path(images_dir).rglob("*") if p.is_file() and is_image_file(p))
+    """A job per image under `images_dir`, skipping `out_dir` when it lies inside (its masks
+    are PNG images too)."""
+    check_folders(images_dir, out_dir)
+    out = Path(out_dir).resolve()
+    images = sorted(p for p in Path(images_dir).rglob("*")
+                    if p.is_file() and is_image_file(p) and not p.parent.resolve().is_relative_to(out))
     return [MaskJob(p, mask_path_for(p.relative_to(images_dir), out_dir)) for p in images]
+
+
+def check_jobs(jobs: list[MaskJob], out_dir: Path) -> None:
+    """Every mask lies under `out_dir` once symbolic links in its folders are resolved (a
+    link at the mask path itself is replaced, never written through), one image per mask."""
+    out = Path(out_dir).resolve()
+    owner: dict[Path, MaskJob] = {}
+    for job in jobs:
+        if not job.mask.parent.resolve().is_relative_to(out):
+            raise BgbiasError(f"the mask of {job.image} would be written at {job.mask}, outside the masks folder "
+                              f"{out_dir} (a symbolic link or a crafted path?)")
+        other = owner.setdefault(job.mask, job)
+        if other is not job:
+            raise BgbiasError(f"{other.image} and {job.image} would share the mask "
+                              f"'{job.mask.relative_to(out_dir).as_posix()}'; rename one of them")
 
 
 # ---- rembg's u2netp pre/post-processing, split so the stages can overlap --------------------
@@ -180,39 +221,89 @@ def _sha1(job: MaskJob) -> str:
         return ""  # unreadable: no mask is kept, and computing it reports the error
 
 
-def drop_stale_masks(jobs: list[MaskJob], out_dir: Path) -> None:
-    """Delete masks not made from the current image file, then record the current hashes
-    (before any mask is computed, so a killed run resumes correctly)."""
-    record = Path(out_dir) / SOURCE_HASHES
-    made_from = json.loads(record.read_text()) if record.is_file() else {}
-    current = {}
+class SourceRecord:
+    """Which image file (sha1) each mask was made from, by mask path: `source_hashes.json`,
+    plus a journal that a run appends a line to after each mask it writes (so no entry
+    precedes its mask and a kill loses none); merged into the JSON at the start and end of a run."""
+
+    def __init__(self, out_dir: Path):
+        self.path, self.journal = Path(out_dir) / SOURCE_HASHES, Path(out_dir) / SOURCE_JOURNAL
+        self.made_from: dict[str, str] = {}
+        try:
+            loaded = json.loads(self.path.read_text(encoding="utf-8"))
+            self.made_from = loaded if isinstance(loaded, dict) else {}
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError):
+            log.warning("%s cannot be read: its masks are recomputed", self.path)
+        if self.journal.is_file():  # left by a killed run; a torn last line is ignored
+            for line in self.journal.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]:
+                try:
+                    key, sha1 = json.loads(line)
+                    self.made_from[str(key)] = str(sha1)
+                except (ValueError, TypeError):
+                    continue
+
+    def save(self) -> None:
+        write_json(self.path, self.made_from)
+        self.journal.unlink(missing_ok=True)
+
+    @contextmanager
+    def appending(self) -> Iterator[Callable[[str, str], None]]:
+        """`add(key, sha1)` after each mask written; saved (journal merged) on the way out."""
+        try:
+            with open(self.journal, "a", encoding="utf-8") as journal:
+                def add(key: str, sha1: str) -> None:
+                    self.made_from[key] = sha1
+                    journal.write(json.dumps([key, sha1]) + "\n")
+                    journal.flush()  # in the OS's hands: survives a kill of this process
+
+                yield add
+        finally:
+            self.save()
+
+
+def drop_stale_masks(jobs: list[MaskJob], out_dir: Path, sha1s: dict[str, str]) -> SourceRecord:
+    """Delete the masks not recorded as made from the current image file (`sha1s` by mask
+    key) and save the record of those kept; returns it."""
+    record = SourceRecord(out_dir)
+    made_from = record.made_from
+    record.made_from = {key: sha1 for key, sha1 in made_from.items() if key not in sha1s}  # images not in this run
     for job in jobs:
-        key, sha1 = job.mask.relative_to(out_dir).as_posix(), _sha1(job)
-        current[key] = sha1
-        if job.mask.exists() and (not sha1 or made_from.get(key) != sha1):
+        key = job.mask.relative_to(out_dir).as_posix()
+        if not (job.mask.is_file() or job.mask.is_symlink()):
+            continue
+        if sha1s[key] and made_from.get(key) == sha1s[key]:
+            record.made_from[key] = sha1s[key]
+        else:
             job.mask.unlink()
-    write_json(record, {**made_from, **current})
+    record.save()
+    return record
 
 
 def compute_masks(jobs: Iterable[MaskJob], out_dir: Path, model_path: Path, workers: int = 1,
                   progress: bool = True) -> MaskReport:
     """Masks for `jobs`, whose mask paths lie under `out_dir`; existing up-to-date masks are kept."""
     jobs = list(jobs)
+    check_jobs(jobs, out_dir)
     for directory in {job.mask.parent for job in jobs}:
         if directory.is_dir():
             remove_stale_temps(directory)
-    drop_stale_masks(jobs, Path(out_dir))
+    sha1s = {job.mask.relative_to(out_dir).as_posix(): _sha1(job) for job in jobs}
+    record = drop_stale_masks(jobs, Path(out_dir), sha1s)
     todo = [job for job in jobs if not job.mask.is_file()]
     report = MaskReport(existing=len(jobs) - len(todo))
     if report.existing:
         log.info("%d masks already present, %d to compute", report.existing, len(todo))
     if not todo:
         return report
-    with tqdm(total=len(todo), desc=f"{MODEL_NAME} masks", disable=not progress) as bar:
+    with record.appending() as add, tqdm(total=len(todo), desc=f"{MODEL_NAME} masks", disable=not progress) as bar:
         for job, error in _run(todo, Path(model_path), workers):
             bar.update()
             if error is None:
                 report.written += 1
+                key = job.mask.relative_to(out_dir).as_posix()
+                add(key, sha1s[key])
             else:
                 log.warning("mask failed for %s (%s)", job.image, error)
                 report.failed.append({"image": str(job.image), "error": error})

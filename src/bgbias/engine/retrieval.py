@@ -19,6 +19,7 @@ from bgbias.engine.checkpoint import load_checkpoint
 from bgbias.engine.device import DeviceSetup, device_setup
 from bgbias.engine.evaluate import METRICS, embed, retrieval_metrics, summarize_draws
 from bgbias.engine.seeds import TEST_DRAWS, derived_seed
+from bgbias.errors import BgbiasError
 from bgbias.files import write_json, write_text
 from bgbias.layout import Layout
 from bgbias.models import Embedder, PooledFeatures, create_model, initial_model
@@ -29,10 +30,15 @@ log = logging.getLogger(__name__)
 
 def load_trained(params: Params, layout: Layout, mode: str, device: torch.device) -> tuple[Embedder, dict]:
     """The best checkpoint of a mode, rebuilt with the model settings it was trained with."""
-    best = load_checkpoint(layout.train_dir(params.dataset, mode) / "best.pt")
-    config = json.loads(best["config"])
-    model = create_model(ModelConfig.model_validate(config["model"]), params.assets_dir, pretrained=False)
-    model.load_state_dict(best["model"])
+    path = layout.train_dir(params.dataset, mode) / "best.pt"
+    best = load_checkpoint(path)
+    try:
+        config = json.loads(best["config"])
+        model = create_model(ModelConfig.model_validate(config["model"]), params.assets_dir, pretrained=False)
+        model.load_state_dict(best["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # ValidationError is a ValueError
+        raise BgbiasError(f"checkpoint {path} is not a best.pt of `bgbias train` ({type(exc).__name__}); "
+                          f"run `dvc repro train@{mode}` again") from None
     return model.to(device, memory_format=torch.channels_last).eval(), config
 
 

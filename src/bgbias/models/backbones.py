@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bgbias.engine.checkpoint import safe_load
 from bgbias.errors import BgbiasError
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,11 @@ class Backbone:
 def _load_file(path: Path, what: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise BgbiasError(f"{what} weights file not found: {path} (set model.weights in params.yaml)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise BgbiasError(f"{what} weights file {path} cannot be read: {exc}") from None
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+    state = safe_load(path, f"{what} weights file")
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise BgbiasError(f"{what} weights file {path} holds no state dict (a {type(state).__name__})")
+    return state
 
 
 def efficientnet_lite0(weights: Path | None, assets_dir: Path, pretrained: bool = True) -> Backbone:

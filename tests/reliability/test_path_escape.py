@@ -1,0 +1,71 @@
+"""Path escape, per dataset format: an index line (or a folder dataset's symbolic link) naming
+an image outside the dataset root is refused by `bgbias index`, naming the file and line,
+and nothing is written anywhere."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.reliability.conftest import assert_refused, assert_only_changed
+from tests.reliability.formats import cars_dataset, csv_dataset, cub_dataset, folder_dataset, sop_dataset
+
+
+def up_to_outside(probe, start) -> str:
+    """The relative path from `start` to outside/victim.jpg (../../..)."""
+    return os.path.relpath(probe.outside / "victim.jpg", start)
+
+
+def csv_parent(probe, root):
+    return csv_dataset(root, [f"{up_to_outside(probe, root)},cat"]), ["labels.csv:10", "outside the dataset root"]
+
+
+def csv_absolute(probe, root):
+    return csv_dataset(root, [f"{probe.outside / 'victim.jpg'},cat"]), ["labels.csv:10", "absolute path"]
+
+
+def csv_linked_folder(probe, root):
+    cfg = csv_dataset(root, ["evil/victim.jpg,cat"])
+    (root / "evil").symlink_to(probe.outside, target_is_directory=True)
+    return cfg, ["labels.csv:10", "'evil/victim.jpg' resolves outside the dataset root"]
+
+
+def cub_parent(probe, root):
+    cfg = cub_dataset(root, [f"9 {up_to_outside(probe, root / 'images')}"], ["9 3"])
+    return cfg, ["images.txt:9", "outside the dataset root"]
+
+
+def sop_parent(probe, root):
+    cfg = sop_dataset(root, [f"7 3 1 {up_to_outside(probe, root)}"])
+    return cfg, ["Ebay_train.txt:8", "outside the dataset root"]
+
+
+def sop_absolute(probe, root):
+    cfg = sop_dataset(root, extra_test=[f"3 4 1 {probe.outside / 'victim.jpg'}"])
+    return cfg, ["Ebay_test.txt:4", "absolute path"]
+
+
+def cars_parent(probe, root):
+    cfg = cars_dataset(root, [(up_to_outside(probe, root), 3)])
+    return cfg, ["cars_annos.mat (annotation 9)", "outside the dataset root"]
+
+
+def folder_link(probe, root):
+    cfg = folder_dataset(root)
+    (root / "cat" / "2.png").symlink_to(probe.outside / "victim.jpg")
+    return cfg, ["cat/2.png", "resolves outside the dataset root"]
+
+
+CASES = [csv_parent, csv_absolute, csv_linked_folder, cub_parent, sop_parent, sop_absolute, cars_parent, folder_link]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
+def test_index_refuses_paths_outside_the_root(probe, case):
+    root = probe.project / "data" / "ds"
+    root.mkdir(parents=True)
+    dataset, fragments = case(probe, root)
+    probe.params(dataset)
+    before = probe.snapshot()
+    assert_refused(probe.run("index"), str(root), *fragments)
+    assert_only_changed(before, probe.snapshot())
