@@ -51,7 +51,8 @@ def _storage(params: Params, layout: Layout, loss: str):
     from optuna.storages.journal import JournalFileBackend
 
     if params.tune.storage:
-        return optuna.storages.RDBStorage(params.tune.storage, heartbeat_interval=60, grace_period=180)
+        return optuna.storages.RDBStorage(params.tune.storage, heartbeat_interval=params.tune.heartbeat_interval,
+                                          grace_period=params.tune.grace_period)
     path = layout.tune_dir(params.dataset, loss) / "study.journal"
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
