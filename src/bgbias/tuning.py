@@ -68,8 +68,10 @@ def _rdb_storage(params: Params, attempts: int = 3):
 
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(params.tune.storage, heartbeat_interval=params.tune.heartbeat_interval,
-                                              grace_period=params.tune.grace_period)
+            with warnings.catch_warnings():  # "heartbeat_interval is an experimental feature"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(params.tune.storage, grace_period=params.tune.grace_period,
+                                                  heartbeat_interval=params.tune.heartbeat_interval)
         except DatabaseError:
             # Workers started together on an empty database race to create Optuna's tables; the
             # loser's next attempt finds them.

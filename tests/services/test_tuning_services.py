@@ -102,7 +102,6 @@ def test_a_worker_killed_mid_trial_is_failed_by_the_heartbeat(postgres, mlflow_s
     _wait([survivor])
 
     study = _study(survivor_root)
-    print("DEBUG kill", killed_at, [(t.number, t.state.name, t.datetime_start and t.datetime_start.timestamp(), t.datetime_complete and t.datetime_complete.timestamp(), t.user_attrs.get("worker")) for t in study.trials], victim.pid, survivor.pid)
     states = {t.number: t.state for t in study.trials}
     assert states[victim_trial] == TrialState.FAIL  # marked by the survivor's heartbeat check, no PID magic:
     # the survivor started before the kill, and only a new trial start checks for stale ones.
