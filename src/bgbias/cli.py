@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("server", help="a local MLflow tracking server on a local PostgreSQL (make server)")
     p.add_argument("--port", type=int, default=5000, help="MLflow server port (default 5000)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    p.add_argument("--pg-port", type=int, default=5432, help="PostgreSQL port on 127.0.0.1 (default 5432)")
+    p.add_argument("--pg-port", type=int, default=5433,
+                   help="PostgreSQL port on 127.0.0.1 (default 5433: beside a system PostgreSQL on 5432)")
     p.add_argument("--dir", help="data folder (default outputs/server: kept between runs)")
     p.set_defaults(func=cmd_server)
 
