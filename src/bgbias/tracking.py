@@ -141,7 +141,7 @@ class MlflowTracker:
         self.artifact_root = Path(artifact_root) if artifact_root else None  # None: the server decides
         self.client = MlflowClient(tracking_uri=uri)
         self.run_id: str | None = None
-        self._in_run = False
+        self._has_run = False
         self._buffered = is_server(uri)  # only a server can go away mid-run; a local store's errors are real
         self._spool_dir = Path(spool_dir) if spool_dir else None
         self._spool_file: Path | None = None
@@ -178,7 +178,7 @@ class MlflowTracker:
     # The Tracker protocol: each call becomes one operation.
 
     def start(self, experiment, run_name, params, tags, resume_run_id=None):
-        self._in_run = True
+        self._has_run = True
         self.run_id = resume_run_id
         if resume_run_id:
             self._submit({"op": "resume"})
@@ -189,7 +189,7 @@ class MlflowTracker:
 
     def attach(self, run_id):
         """Log into an existing (finished) run, e.g. test metrics of a training run."""
-        self._in_run = True
+        self._has_run = True
         self.run_id = run_id
 
     def log_metrics(self, metrics, step=None):
@@ -200,13 +200,12 @@ class MlflowTracker:
         self._submit({"op": "artifact", "path": str(path), "artifact_path": artifact_path})
 
     def set_tags(self, tags):
-        if self._in_run:
+        if self._has_run:
             self._submit({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
 
     def finish(self, status="FINISHED"):
-        if self._in_run:
+        if self._has_run:
             self._submit({"op": "finish", "status": status, "end_time": int(time.time() * 1000)})
-            self._in_run = False
         if self._pending:
             log.warning("tracking server %s still unreachable: %d update(s) of this run kept in %s; the next "
                         "tracked command (or `bgbias sync`) sends them", redact(self.uri), len(self._pending),

@@ -76,6 +76,7 @@ def test_two_workers_share_one_postgresql_study(postgres, mlflow_server, tiny_pr
     assert sorted(int(c.data.tags["trial"]) for c in children) == numbers
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent_id and child.info.status == "FINISHED"
+        assert child.data.tags["state"] == "COMPLETE"
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val_map_at_r")] == [0, 1, 2]
     assert runs[parent_id].data.metrics["best_val_map_at_r"] == study.best_value
 
