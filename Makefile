@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup assets repro test test-slow bench ui clean
+.PHONY: setup assets repro test test-slow bench ui server clean
 
 setup: $(STAMP) assets
 
@@ -39,6 +39,11 @@ bench: setup
 # MLflow UI on the project's store (runs of `dvc repro` and every `dvc exp run`).
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --port $${PORT:-5000}
+
+# A local MLflow tracking server on a local PostgreSQL (data in outputs/server/, kept), for
+# trying the shared-services path: it prints the tracking.uri and tune.storage to set.
+server: setup
+	$(BIN)/bgbias server --port $${PORT:-5000}
 
 clean:
 	rm -rf $(VENV) outputs reports/*.json

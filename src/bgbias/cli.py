@@ -81,10 +81,11 @@ def cmd_mask_quality(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2))
 
 
-def _tracker(args: argparse.Namespace, layout):
+def _tracker(args: argparse.Namespace, layout, params, check: bool = True):
+    """`check`: a tracking server that does not answer is a one-line error now."""
     from bgbias.tracking import MlflowTracker, NullTracker
 
-    return NullTracker() if args.no_track else MlflowTracker.for_project(layout.root)
+    return NullTracker() if args.no_track else MlflowTracker.for_project(layout.root, params.tracking.uri, check)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -94,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     params, layout = _params(args)
     writer = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the folder
     with hold_folder(layout.train_dir(params.dataset, args.mode)) if writer else contextlib.nullcontext():
-        result = fit(params, layout, args.mode, _tracker(args, layout), resume=args.resume)
+        result = fit(params, layout, args.mode, _tracker(args, layout, params), resume=args.resume)
     if result:
         print(json.dumps(result, indent=2))
 
@@ -103,14 +104,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from bgbias.engine.retrieval import evaluate_trained
 
     params, layout = _params(args)
-    evaluate_trained(params, layout, _tracker(args, layout))
+    evaluate_trained(params, layout, _tracker(args, layout, params))
 
 
 def cmd_attribute(args: argparse.Namespace) -> None:
     from bgbias.engine.attribute import attribute_trained
 
     params, layout = _params(args)
-    attribute_trained(params, layout, _tracker(args, layout))
+    attribute_trained(params, layout, _tracker(args, layout, params))
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -120,8 +121,14 @@ def cmd_tune(args: argparse.Namespace) -> None:
     if args.loss:
         params = params.model_copy(update={"loss": args.loss})
 
-    def new_tracker():
-        return _tracker(args, layout)
+    if params.tune.storage:
+        from bgbias.services import require
+
+        require(params.tune.storage, "tune.storage")
+    _tracker(args, layout, params)  # checks the server and sends what earlier commands kept
+
+    def new_tracker():  # per trial: a server lost meanwhile must not fail the trial (its updates are kept)
+        return _tracker(args, layout, params, check=False)
 
     if args.worker_index is not None:  # one of `--workers N` processes
         run_worker(params, layout, params.loss, new_tracker, worker=args.worker_index)
@@ -146,7 +153,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     results, figure = write_report(metrics, params.selected.format, layout.reports, attention, train_reports)
     print(results.read_text())
     if not args.no_track:
-        tracker = _tracker(args, layout)
+        tracker = _tracker(args, layout, params)
         for mode in MODES:
             if attach_training_run(tracker, layout, params.dataset, mode):
                 tracker.log_artifact(figure, "report")
@@ -167,6 +174,54 @@ def cmd_seeds_table(args: argparse.Namespace) -> None:
     if len(keys) != 1:
         raise BgbiasError(f"the metrics files are of different studies (dataset, loss, test images): {sorted(keys)}")
     print(seeds_table(runs))
+
+
+def cmd_sync(args: argparse.Namespace) -> None:
+    from bgbias.services import require
+    from bgbias.tracking import UNSENT, project_store, send_unsent
+
+    params, layout = _params(args)
+    uri = params.tracking.uri
+    spool = project_store(layout.root) / UNSENT
+    if uri is None:
+        print("tracking.uri is the project store: nothing is ever kept back")
+        return
+    require(uri, "tracking.uri")
+    sent = send_unsent(spool, uri)
+    left = len(list(spool.glob("*.json")))
+    print(f"sent the kept updates of {sent} run(s) to {uri}; {left} file(s) left in {spool}")
+
+
+def cmd_server(args: argparse.Namespace) -> None:
+    import signal
+    import threading
+
+    from bgbias.local_services import LocalPostgres, MlflowServer
+
+    params, layout = _params(args)
+    root = Path(args.dir) if args.dir else layout.outputs / "server"
+    postgres = LocalPostgres(root / "postgres", port=args.pg_port).start()
+    try:
+        backend = postgres.create_database("mlflow")
+        optuna_url = postgres.create_database("optuna")
+        server = MlflowServer(backend, root / "artifacts", port=args.port, log_path=root / "mlflow-server.log",
+                              host=args.host).start()
+        try:
+            print(f"MLflow tracking server: {server.uri} (runs in PostgreSQL {backend}, artifacts in "
+                  f"{root / 'artifacts'})\n"
+                  f"Use it: dvc exp run -S tracking.uri={server.uri} -S tune.storage={optuna_url}\n"
+                  "Ctrl-C stops both.", flush=True)
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                while not stop.wait(1.0) and server.process.poll() is None:
+                    pass
+            except KeyboardInterrupt:
+                pass
+        finally:
+            server.stop()
+    finally:
+        postgres.stop()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,6 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("seeds-table", help="Table 1 as mean ± std over several runs' metrics.json (training seeds)")
     p.add_argument("metrics", nargs="+", help="reports/metrics.json of each run")
     p.set_defaults(func=cmd_seeds_table)
+    sub.add_parser("sync", help="send to tracking.uri the run updates kept while the tracking server was "
+                                "unreachable").set_defaults(func=cmd_sync)
+    p = sub.add_parser("server", help="a local MLflow tracking server on a local PostgreSQL (make server)")
+    p.add_argument("--port", type=int, default=5000, help="MLflow server port (default 5000)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--pg-port", type=int, default=5433,
+                   help="PostgreSQL port on 127.0.0.1 (default 5433: beside a system PostgreSQL on 5432)")
+    p.add_argument("--dir", help="data folder (default outputs/server: kept between runs)")
+    p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("mask-quality", help="stage (no arguments), or IoU of PRED_DIR masks against GT_DIR")
     p.add_argument("pred_dir", nargs="?")

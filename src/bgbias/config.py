@@ -268,6 +268,23 @@ class TuneConfig(Section):
     # None: an Optuna journal file under outputs/tune/ (safe for local processes); or an
     # RDB URL (e.g. postgresql://user:pass@host/db) for workers on several machines.
     storage: str | None = None
+    # RDB storage only: each running trial beats every heartbeat_interval seconds; a trial
+    # silent for grace_period seconds (its worker died) is marked FAIL by the next trial start.
+    heartbeat_interval: PositiveInt = 60
+    grace_period: PositiveInt = 180
+
+
+class TrackingConfig(Section):
+    # None: the project's own store, sqlite:///<project>/mlruns/mlflow.db; or an MLflow
+    # tracking server, http(s)://host:port (artifacts through its proxy), or a database URL.
+    uri: str | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _is_uri(cls, uri: str | None) -> str | None:
+        if uri is not None and "://" not in uri:
+            raise ValueError(f"expected http(s)://host:port or a database URL (got {uri!r})")
+        return uri
 
 
 class Params(Section):
@@ -287,6 +304,7 @@ class Params(Section):
     eval: EvalConfig = EvalConfig()
     attribution: AttributionConfig = AttributionConfig()
     tune: TuneConfig = TuneConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _known_dataset(self) -> Params:

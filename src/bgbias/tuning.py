@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
 import sys
+import time
 import warnings
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +43,8 @@ from bgbias.tracking import Tracker
 log = logging.getLogger(__name__)
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+SET_UP_ATTR = "set_up"  # the creating worker has made the parent run and queued trial 0
+SET_UP_WAIT = 120.0  # seconds another worker waits for that before going on
 
 
 def study_name(params: Params, loss: str) -> str:
@@ -51,10 +56,28 @@ def _storage(params: Params, layout: Layout, loss: str):
     from optuna.storages.journal import JournalFileBackend
 
     if params.tune.storage:
-        return optuna.storages.RDBStorage(params.tune.storage, heartbeat_interval=60, grace_period=180)
+        return _rdb_storage(params)
     path = layout.tune_dir(params.dataset, loss) / "study.journal"
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def _rdb_storage(params: Params, attempts: int = 3):
+    import optuna
+    from sqlalchemy.exc import DatabaseError
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # "heartbeat_interval is an experimental feature"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(params.tune.storage, grace_period=params.tune.grace_period,
+                                                  heartbeat_interval=params.tune.heartbeat_interval)
+        except DatabaseError:
+            # Workers started together on an empty database race to create Optuna's tables; the
+            # loser's next attempt finds them.
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0 + random.random())
 
 
 def _pruner(params: Params):
@@ -72,7 +95,10 @@ def load_study(params: Params, layout: Layout, loss: str, worker: int = 0):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Each worker its own sampler seed, so parallel workers do not propose the same points.
-    sampler = optuna.samplers.TPESampler(seed=derived_seed(params.seed, worker))
+    # Workers on several machines (RDB storage) are all worker 0: their process identity
+    # tells them apart (their interleaving is not reproducible anyway).
+    streams = (worker, zlib.crc32(_worker_id().encode())) if params.tune.storage else (worker,)
+    sampler = optuna.samplers.TPESampler(seed=derived_seed(params.seed, *streams))
     return optuna.create_study(storage=_storage(params, layout, loss), study_name=study_name(params, loss),
                                direction="maximize", sampler=sampler, pruner=_pruner(params), load_if_exists=True)
 
@@ -180,7 +206,10 @@ def tune(params: Params, layout: Layout, loss: str, new_tracker: Callable[[], Tr
          workers: int | None = None, progress: bool = True, track: bool = True) -> dict:
     """Create or continue the study, run its workers, write the best params and the
     parent MLflow run. Returns a summary."""
+    created = _create_study(params, layout, loss)
     study = load_study(params, layout, loss)
+    if not created:  # workers started together on several machines: one parent run, one trial 0
+        _wait_for_set_up(study)
     fail_dead_trials(study)
     parent = new_tracker()
     parent_run_id = study.user_attrs.get(PARENT_RUN_ATTR)
@@ -197,12 +226,36 @@ def tune(params: Params, layout: Layout, loss: str, new_tracker: Callable[[], Tr
     if not study.trials:
         # Trial 0 = the values training uses today, so the study shows what tuning gains.
         study.enqueue_trial(_start_point(params, layout, loss))
+    study.set_user_attr(SET_UP_ATTR, True)
     workers = workers or params.tune.workers
     if workers == 1:
         run_worker(params, layout, loss, new_tracker, progress=progress)
     else:
         _run_parallel(params_file, loss, workers, track)
     return _conclude(load_study(params, layout, loss), params, layout, loss, parent)
+
+
+def _create_study(params: Params, layout: Layout, loss: str) -> bool:
+    """True in the one process that creates the study (the storage's unique name decides)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        optuna.create_study(storage=_storage(params, layout, loss), study_name=study_name(params, loss),
+                            direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:
+        return False
+    return True
+
+
+def _wait_for_set_up(study) -> None:
+    deadline = time.monotonic() + SET_UP_WAIT
+    while SET_UP_ATTR not in study.user_attrs and not study.trials:  # (studies of older versions have trials)
+        if time.monotonic() > deadline:
+            log.warning("study %s: its creator did not finish setting it up in %.0f s; going on", study.study_name,
+                        SET_UP_WAIT)
+            return
+        time.sleep(0.5)
 
 
 def _start_point(params: Params, layout: Layout, loss: str) -> dict[str, float]:
