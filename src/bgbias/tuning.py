@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from bgbias.config import LossParamsConfig, Params
-from bgbias.engine.seeds import derived_seed
+from bgbias.engine.seeds import Stream, derived_seed
 from bgbias.engine.train import RunTarget, fit
 from bgbias.errors import BgbiasError
 from bgbias.files import atomic_write, write_text
@@ -72,7 +72,7 @@ def load_study(params: Params, layout: Layout, loss: str, worker: int = 0):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Each worker its own sampler seed, so parallel workers do not propose the same points.
-    sampler = optuna.samplers.TPESampler(seed=derived_seed(params.seed, worker))
+    sampler = optuna.samplers.TPESampler(seed=derived_seed(params.seed, Stream.TUNE_SAMPLER, worker))
     return optuna.create_study(storage=_storage(params, layout, loss), study_name=study_name(params, loss),
                                direction="maximize", sampler=sampler, pruner=_pruner(params), load_if_exists=True)
 
