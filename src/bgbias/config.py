@@ -243,7 +243,8 @@ class TuneConfig(Section):
 class Params(Section):
     dataset: str
     loss: Literal["contrastive", "triplet", "multi_similarity", "arcface", "normalized_softmax"]
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=0)] = 0  # training, background draws, attribution sample, tuning
+    data_seed: Annotated[int, Field(ge=0)] = 0  # the synthetic set and the procedural backgrounds
     assets_dir: Path = Path("data/assets")
     datasets: dict[str, DatasetConfig]
     index: IndexConfig = IndexConfig()

@@ -30,7 +30,7 @@ def _fresh_dir(path: Path) -> None:
 
 def synthetic(params: Params, layout: Layout) -> dict:
     _fresh_dir(layout.synthetic)
-    summary = generate(params.synthetic, params.seed, layout.synthetic)
+    summary = generate(params.synthetic, params.data_seed, layout.synthetic)
     log.info("synthetic: %(images)d images of %(classes)d classes, home background share %(home_background_share).3f",
              summary)
     return summary
@@ -38,7 +38,7 @@ def synthetic(params: Params, layout: Layout) -> dict:
 
 def backgrounds(params: Params, layout: Layout) -> dict:
     _fresh_dir(layout.backgrounds)
-    manifest = build_pools(params.backgrounds, layout.backgrounds, params.seed, base=layout.root)
+    manifest = build_pools(params.backgrounds, layout.backgrounds, params.data_seed, base=layout.root)
     sizes = {pool: len(entries) for pool, entries in manifest["pools"].items()}
     log.info("backgrounds: %s", ", ".join(f"{pool} pool {n} images" for pool, n in sizes.items()))
     return sizes
