@@ -129,6 +129,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from bgbias.config import MODES
     from bgbias.engine.retrieval import attach_training_run
+    from bgbias.environment import describe_environment
     from bgbias.report import write_report
 
     params, layout = _params(args)
@@ -138,7 +139,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     attention = json.loads(layout.attention_report.read_text()) if layout.attention_report.is_file() else None
     train_reports = {mode: json.loads(layout.train_report(mode).read_text()) for mode in MODES
                      if layout.train_report(mode).is_file()}
-    results, figure = write_report(metrics, params.selected.format, layout.reports, attention, train_reports)
+    results, figure = write_report(metrics, params.selected.format, layout.reports, attention, train_reports,
+                                   describe_environment())
     print(results.read_text())
     if not args.no_track:
         tracker = _tracker(args, layout)
