@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from bgbias.assets import asset_path
+from bgbias.assets import asset_path, sha256_of
 from bgbias.config import Params
 from bgbias.data.backgrounds import build_pools
 from bgbias.data.datasets import DatasetIndex, build_index
@@ -66,7 +66,8 @@ def masks(params: Params, layout: Layout) -> dict:
         log.info("masks: %d written in %.1f s (%.2f images/s), %d already present",
                  report.written, seconds, report.written / seconds, report.existing)
     # Deterministic content only (no timings), so an unchanged rerun leaves the file as it was.
-    summary = {"dataset": params.dataset, "model": MODEL_NAME, "images": len(jobs), "failed": report.failed}
+    summary = {"dataset": params.dataset, "model": MODEL_NAME, "model_sha256": sha256_of(model), "images": len(jobs),
+               "failed": report.failed}
     write_json(layout.masks_report, summary)
     if report.failed:
         first = report.failed[0]

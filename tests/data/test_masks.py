@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -125,3 +126,38 @@ def test_job_paths_drop_extension(tmp_path):
     (tmp_path / "in" / "notes.txt").write_text("x")
     assert folder_jobs(tmp_path / "in", tmp_path / "o") == [MaskJob(tmp_path / "in" / "d" / "p.JPEG",
                                                                       tmp_path / "o" / "d" / "p.png")]
+
+
+def _doc_string_appended(model: Path, out: Path) -> Path:
+    """The same network in another file: a second ModelProto.doc_string field (number 6,
+    length-delimited) appended; protobuf keeps the last occurrence, so it still loads."""
+    note = b"a retrained u2netp"
+    out.write_bytes(model.read_bytes() + bytes([6 << 3 | 2, len(note)]) + note)
+    return out
+
+
+def test_another_model_file_redoes_every_mask(tmp_path, assets_dir):
+    import json
+
+    from bgbias.assets import sha256_of
+    from bgbias.data.masks import LEGACY_MODEL_SHA256, SOURCE_HASHES
+
+    for i in range(2):
+        object_image(tmp_path / "in" / f"{i}.png", size=40, seed=i)
+    jobs = folder_jobs(tmp_path / "in", tmp_path / "out")
+    model = assets_dir / "u2netp.onnx"
+    assert compute_masks(jobs, tmp_path / "out", model, progress=False).written == 2
+    record = json.loads((tmp_path / "out" / SOURCE_HASHES).read_text())
+    assert record["model_sha256"] == sha256_of(model) == LEGACY_MODEL_SHA256 and len(record["sources"]) == 2
+
+    other = _doc_string_appended(model, tmp_path / "u2netp-other.onnx")
+    report = compute_masks(jobs, tmp_path / "out", other, progress=False)
+    assert (report.written, report.existing, report.failed) == (2, 0, [])
+    assert json.loads((tmp_path / "out" / SOURCE_HASHES).read_text())["model_sha256"] == sha256_of(other)
+    assert compute_masks(jobs, tmp_path / "out", other, progress=False).existing == 2  # up to date now
+
+    # A record of the older flat format was made by the pinned model: kept with it, redone with another.
+    (tmp_path / "out" / SOURCE_HASHES).write_text(json.dumps(record["sources"]))
+    assert compute_masks(jobs, tmp_path / "out", model, progress=False).existing == 2
+    (tmp_path / "out" / SOURCE_HASHES).write_text(json.dumps(record["sources"]))
+    assert compute_masks(jobs, tmp_path / "out", other, progress=False).written == 2

@@ -8,9 +8,10 @@ Several processes can share the work (`workers`), each with its slice of the CPU
 
 Resumable: each mask is written atomically (temp file + rename) and existing masks are
 skipped, so a killed run continues where it stopped and never leaves a half-written mask.
-A mask is reused only if it was made from the image file that is there now:
-`OUT_DIR/source_hashes.json` records each source's sha1, so an image replaced under the
-same name gets a new mask. An image that fails is reported, never written as an empty mask.
+A mask is reused only if it was made from the image file that is there now and by the
+model file that is there now: `OUT_DIR/source_hashes.json` records the model's sha256 and
+each source's sha1, so an image replaced under the same name gets a new mask, and another
+model file redoes every mask. An image that fails is reported, never written as an empty mask.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from bgbias.assets import sha256_of
 from bgbias.data.images import is_image_file, load_rgb
 from bgbias.files import remove_stale_temps, save_image, write_json
 
@@ -40,6 +42,9 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 PREFETCH = 8  # images decoded ahead of the model
 SOURCE_HASHES = "source_hashes.json"
+# Records written before the model's hash was recorded are a flat {mask: sha1} map; they
+# were made by the only model the checksum check then allowed, this one.
+LEGACY_MODEL_SHA256 = "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8"
 
 
 @dataclass(frozen=True)
@@ -180,18 +185,30 @@ def _sha1(job: MaskJob) -> str:
         return ""  # unreadable: no mask is kept, and computing it reports the error
 
 
-def drop_stale_masks(jobs: list[MaskJob], out_dir: Path) -> None:
-    """Delete masks not made from the current image file, then record the current hashes
-    (before any mask is computed, so a killed run resumes correctly)."""
+def read_source_hashes(out_dir: Path) -> tuple[str | None, dict[str, str]]:
+    """(sha256 of the model the masks were made with, {mask path: image sha1})."""
     record = Path(out_dir) / SOURCE_HASHES
-    made_from = json.loads(record.read_text()) if record.is_file() else {}
+    if not record.is_file():
+        return None, {}
+    data = json.loads(record.read_text())
+    if "sources" not in data:  # legacy flat record
+        return LEGACY_MODEL_SHA256, data
+    return data["model_sha256"], data["sources"]
+
+
+def drop_stale_masks(jobs: list[MaskJob], out_dir: Path, model_sha256: str) -> None:
+    """Delete masks not made from the current image file by the current model, then record
+    the current hashes (before any mask is computed, so a killed run resumes correctly)."""
+    made_by, made_from = read_source_hashes(out_dir)
+    if made_by != model_sha256:
+        made_from = {}  # another model: no existing mask is up to date
     current = {}
     for job in jobs:
         key, sha1 = job.mask.relative_to(out_dir).as_posix(), _sha1(job)
         current[key] = sha1
         if job.mask.exists() and (not sha1 or made_from.get(key) != sha1):
             job.mask.unlink()
-    write_json(record, {**made_from, **current})
+    write_json(Path(out_dir) / SOURCE_HASHES, {"model_sha256": model_sha256, "sources": {**made_from, **current}})
 
 
 def compute_masks(jobs: Iterable[MaskJob], out_dir: Path, model_path: Path, workers: int = 1,
@@ -201,7 +218,7 @@ def compute_masks(jobs: Iterable[MaskJob], out_dir: Path, model_path: Path, work
     for directory in {job.mask.parent for job in jobs}:
         if directory.is_dir():
             remove_stale_temps(directory)
-    drop_stale_masks(jobs, Path(out_dir))
+    drop_stale_masks(jobs, Path(out_dir), sha256_of(Path(model_path)))
     todo = [job for job in jobs if not job.mask.is_file()]
     report = MaskReport(existing=len(jobs) - len(todo))
     if report.existing:
