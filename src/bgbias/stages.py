@@ -16,6 +16,7 @@ from bgbias.data.masks import MODEL_NAME, MaskJob, compute_masks, mask_path_for
 from bgbias.data.synthetic import generate
 from bgbias.errors import BgbiasError
 from bgbias.files import write_json
+from bgbias.inputs import write_manifests
 from bgbias.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,14 @@ def _fresh_dir(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
+
+
+def inputs(params: Params, layout: Layout) -> dict:
+    manifests = write_manifests(params, layout)
+    for name, manifest in manifests.items():
+        log.info("input %s: %s%s", name, manifest["path"],
+                 f" ({manifest['files']} files)" if "files" in manifest else "")
+    return manifests
 
 
 def synthetic(params: Params, layout: Layout) -> dict:
