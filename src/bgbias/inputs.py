@@ -19,7 +19,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from bgbias.config import Params
+from bgbias.config import ModelConfig, Params
+from bgbias.errors import BgbiasError
 from bgbias.files import write_json
 from bgbias.layout import Layout
 
@@ -86,3 +87,30 @@ def write_manifests(params: Params, layout: Layout) -> dict[str, dict]:
     for name, manifest in manifests.items():
         write_json(layout.input_manifest(name), manifest)
     return manifests
+
+
+def weights_digest(model: ModelConfig) -> str:
+    """The backbone's starting weights: the file's sha256, the pinned asset's, or none."""
+    from bgbias.assets import ASSETS, sha256_of
+
+    if model.weights is not None:
+        if not model.weights.is_file():
+            raise BgbiasError(f"model.weights not found: {model.weights}")
+        return sha256_of(model.weights)
+    if model.backbone == "efficientnet_lite0":
+        return ASSETS["efficientnet_lite0"].sha256  # the pinned asset (its checksum is checked when loaded)
+    return "random-init"
+
+
+def training_inputs(params: Params, layout: Layout) -> dict[str, str]:
+    """Content digests of what a training reads besides its config: the index (which records
+    each image's sha1), the masks, the background pools and the backbone weights."""
+    digests = {}
+    for name, path, stage in (("index", layout.index_csv(params.dataset), "index"),
+                              ("masks", layout.masks(params.dataset), "masks"),
+                              ("backgrounds", layout.backgrounds, "backgrounds")):
+        if not path.exists():
+            raise BgbiasError(f"{path} not found (run `dvc repro {stage}`)")
+        digests[name] = content_digest(path)[1]
+    digests["weights"] = weights_digest(params.model)
+    return digests

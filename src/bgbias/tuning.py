@@ -37,13 +37,12 @@ from pathlib import Path
 
 import yaml
 
-from bgbias.assets import ASSETS, sha256_of
 from bgbias.config import LOSSES, LossParamsConfig, Params
 from bgbias.engine.seeds import Stream, derived_seed
 from bgbias.engine.train import RunTarget, fit
 from bgbias.errors import BgbiasError
 from bgbias.files import atomic_write, write_text
-from bgbias.inputs import content_digest
+from bgbias.inputs import training_inputs
 from bgbias.layout import Layout
 from bgbias.loss_params import LR_SEARCH_SPACE, SEARCH_SPACES
 from bgbias.tracking import Tracker
@@ -56,34 +55,18 @@ RUN_ATTR = "mlflow_run_id"  # a trial's MLflow child run, set as soon as the run
 MAX_FAILURES_IN_A_ROW = 3  # a worker stops (and the command fails) after this many
 
 
-def _weights_digest(params: Params) -> str:
-    if params.model.weights is not None:
-        if not params.model.weights.is_file():
-            raise BgbiasError(f"model.weights not found: {params.model.weights}")
-        return sha256_of(params.model.weights)
-    if params.model.backbone == "efficientnet_lite0":
-        return ASSETS["efficientnet_lite0"].sha256  # the pinned asset (checked when loaded)
-    return "random-init"
-
-
 def study_fingerprint(params: Params, layout: Layout, loss: str) -> str:
     """sha256 of everything a trial's value depends on."""
     trial = _trial_params(params, loss, {}, None)
     identity = {
         "dataset": params.dataset, "loss": loss, "seed": params.seed,
-        "model": trial.model.model_dump(mode="json", exclude={"weights"}), "weights": _weights_digest(params),
+        "model": trial.model.model_dump(mode="json", exclude={"weights"}),
         "train": trial.train.model_dump(mode="json"),
         "loss_overrides": params.loss_params.overrides.get(loss, {}),
         "search_space": SEARCH_SPACES[loss], "lr_search_space": LR_SEARCH_SPACE if params.tune.search_lr else None,
+        "inputs": training_inputs(params, layout),  # index, masks, backgrounds, weights
     }
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
-    for name, path in (("index", layout.index_csv(params.dataset)), ("masks", layout.masks(params.dataset)),
-                       ("backgrounds", layout.backgrounds)):
-        if not path.exists():
-            raise BgbiasError(f"{path} not found: tuning needs the index, masks and backgrounds "
-                              "(`dvc repro masks backgrounds`)")
-        digest.update(f"{name}:{content_digest(path)}".encode())
-    return digest.hexdigest()
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def study_name(params: Params, layout: Layout, loss: str, fingerprint: str | None = None) -> str:
