@@ -50,6 +50,7 @@ TINY_TRAIN = {
     "dataset": "synthetic",
     "loss": "multi_similarity",
     "seed": 3,
+    "data_seed": 3,
     "datasets": {"synthetic": {"format": "csv", "root": "outputs/synthetic/images",
                                "gt_masks": "outputs/synthetic/masks"}},
     "synthetic": {"classes": {"train": 4, "val": 3, "test": 3}, "images_per_class": 4, "image_size": 40,

@@ -76,3 +76,24 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("dataset: [unclosed\n")
     with pytest.raises(BgbiasError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_params_yaml_spells_out_the_papers_splits():
+    from bgbias.config import PAPER_SPLITS
+
+    params = load_params(REPO / "params.yaml")
+    for name, split in PAPER_SPLITS.items():
+        assert params.datasets[name].class_split == split, name
+
+
+def test_a_split_bound_can_be_overridden_as_dvc_does_it(tmp_path):
+    # `dvc exp run -S datasets.cars196.class_split.train.last=20` (Hydra override, no `+`).
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    apply_overrides(path, ["datasets.cars196.class_split.train.last=20", "datasets.sop.class_split.val.first=9000"])
+    params = load_params(path)
+    assert params.datasets["cars196"].class_split.train.last == 20
+    assert params.datasets["sop"].class_split.val.first == 9000
+    assert params.datasets["cub200"].class_split == load_params(REPO / "params.yaml").datasets["cub200"].class_split

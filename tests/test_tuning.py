@@ -1,5 +1,6 @@
 """Optuna studies on the tiny project: resume, pruning, best-params file, MLflow parent and
-child runs, two workers on one journal, a killed worker's trial."""
+child runs, two workers on one journal, a killed worker's trial, study identity (a changed
+configuration opens a new study), sampler seeds of continued studies, failed trials."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import sys
 import time
 
 import optuna
+import pytest
 import yaml
 from optuna.trial import TrialState
 
-from bgbias import tuning
+from bgbias import cli, tuning
 from bgbias.config import load_params
 from bgbias.engine.train import fit as real_fit
+from bgbias.errors import BgbiasError
 from bgbias.layout import Layout
 from bgbias.tracking import MlflowTracker, NullTracker, tracking_uri
 from tests.conftest import write_params
@@ -47,6 +50,8 @@ def test_study_resumes_writes_best_params_and_logs_parent_and_child_runs(tiny_pr
 
     tuned = yaml.safe_load(layout.tuned_params("synthetic", "triplet").read_text())
     assert tuned["val_map_at_r"] == study.best_value and tuned["trial"] == study.best_trial.number
+    assert tuned["study"] == study.study_name and tuned["fingerprint"].startswith(study.study_name.split("-")[-1])
+    assert tuned["finished_trials"] == 5 and "lr" not in tuned  # lr not searched: not written
     assert tuned["loss_params"] == {"margin": study.best_params["margin"]}
     low, high, _ = tuning.SEARCH_SPACES["triplet"]["margin"]
     assert all(low <= t.params["margin"] <= high for t in study.trials)
@@ -115,25 +120,125 @@ def test_two_workers_share_one_journal_study(tiny_project):
     assert {t.user_attrs["worker"].rpartition(":")[2] for t in study.trials}.__len__() == 2  # both worked
 
 
-def test_a_killed_workers_trial_ends_as_fail_and_the_study_goes_on(tiny_project):
-    params = _params(tiny_project, n_trials=3)
-    write_params(tiny_project, {**TUNE, "tune": {"n_trials": 3, "epochs": 200, "pruner": "none"}})  # a long trial
-    worker = _cli(tiny_project, "tune", "--loss", "triplet", "--worker-index", "0", "--no-track")
+def _fast_fit(value=lambda number: 0.5, fail=lambda number: False):
+    """A stand-in for fit(): reports `value(trial)` for each epoch, or raises for `fail(trial)`."""
+    def fit(params, layout, mode, tracker, progress, target):
+        number = int(target.tags["trial"])
+        tracker.start("e", "r", {}, {})
+        if fail(number):
+            raise RuntimeError(f"trial {number} broke")
+        for epoch in range(1, params.train.epochs + 1):
+            target.on_epoch(epoch, {"val_map_at_r": value(number)})
+        return {"val_map_at_r": value(number)}
+
+    return fit
+
+
+def test_a_killed_workers_trial_ends_as_fail_its_run_failed_and_the_study_goes_on(tiny_project, monkeypatch):
+    long_trials = {**TUNE, "tune": {"n_trials": 3, "epochs": 200, "pruner": "none"}}
+    params = load_params(write_params(tiny_project, long_trials))
+    MlflowTracker.for_project(tiny_project)  # the store exists before the worker opens it, as under `tune`
+    worker = _cli(tiny_project, "tune", "--loss", "triplet", "--worker-index", "0")  # tracked in MLflow
     layout = Layout(tiny_project)
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while time.time() < deadline:
         journal = layout.tune_dir("synthetic", "triplet") / "study.journal"
-        if journal.is_file() and any(t.state == TrialState.RUNNING and "worker" in t.user_attrs
+        if journal.is_file() and any(t.state == TrialState.RUNNING and tuning.RUN_ATTR in t.user_attrs
                                      for t in tuning.load_study(params, layout, "triplet").trials):
             break
         time.sleep(0.5)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
+    run_id = tuning.load_study(params, layout, "triplet").trials[0].user_attrs[tuning.RUN_ATTR]
 
-    write_params(tiny_project, {**TUNE, "tune": {"n_trials": 3, "epochs": 1, "pruner": "none"}})
-    tuning.run_worker(_params(tiny_project, epochs=1), layout, "triplet", NullTracker)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(tiny_project))
+    assert client.get_run(run_id).info.status == "RUNNING"  # the killed process could not end it
+    monkeypatch.setattr(tuning, "fit", _fast_fit())
+    tuning.run_worker(params, layout, "triplet", lambda: MlflowTracker.for_project(tiny_project))
     study = tuning.load_study(params, layout, "triplet")
-    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    # The dead trial is FAIL and replaced: 3 trials finished besides it.
+    assert [t.state for t in study.trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 3
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["state"] == "FAIL"
+
+
+def test_a_failed_trial_is_replaced_and_failures_in_a_row_stop_the_worker(tiny_project, monkeypatch):
+    params = _params(tiny_project, n_trials=3)
+    layout = Layout(tiny_project)
+    monkeypatch.setattr(tuning, "fit", _fast_fit(fail=lambda number: number == 1))
+    summary = _tune(tiny_project, params)
+    study = tuning.load_study(params, layout, "triplet")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL] + [TrialState.COMPLETE] * 2
+    assert study.trials[1].user_attrs["error"] == "RuntimeError: trial 1 broke"
+    assert summary["finished_trials"] == 3 and summary["states"]["FAIL"] == 1
+
+    monkeypatch.setattr(tuning, "fit", _fast_fit(fail=lambda number: True))
+    with pytest.raises(BgbiasError, match="3 trials in a row failed, the last with RuntimeError: trial 6 broke"):
+        _tune(tiny_project, _params(tiny_project, n_trials=5))
+    assert [t.state for t in tuning.load_study(params, layout, "triplet").trials][4:] == [TrialState.FAIL] * 3
+
+
+def test_a_continued_study_does_not_replay_its_proposals(tiny_project, monkeypatch):
+    # A rerun used to build its TPE sampler from the same seed: its first proposals were
+    # the first call's again (8 trials covered 4 distinct margins).
+    monkeypatch.setattr(tuning, "fit", _fast_fit(value=lambda number: 0.1 * number))
+    layout = Layout(tiny_project)
+    for n_trials in (3, 5, 7):
+        _tune(tiny_project, _params(tiny_project, n_trials=n_trials))
+    margins = [t.params["margin"] for t in tuning.load_study(_params(tiny_project), layout, "triplet").trials]
+    assert len(margins) == 7 and len(set(margins)) == 7, margins
+
+
+def test_a_changed_configuration_opens_a_new_study_and_keeps_the_old(tiny_project, monkeypatch, capsys):
+    monkeypatch.setattr(tuning, "fit", _fast_fit())
+    layout = Layout(tiny_project)
+    first = _tune(tiny_project, _params(tiny_project))
+    assert _tune(tiny_project, _params(tiny_project))["study"] == first["study"]  # nothing changed: nothing new
+
+    changed = load_params(write_params(tiny_project, {**TUNE, "train": {**TUNE["train"], "lr": 3e-4}}))
+    second = _tune(tiny_project, changed)
+    assert second["study"] != first["study"] and second["trials"] == second["finished_trials"] == 3  # new trials ran
+    tuned = yaml.safe_load(layout.tuned_params("synthetic", "triplet").read_text())
+    assert tuned["study"] == second["study"] and tuned["finished_trials"] == 3 and tuned["val_map_at_r"] == 0.5
+    assert tuned["fingerprint"] == tuning.study_fingerprint(changed, layout, "triplet")
+
+    # Each input of the objective is part of the identity.
+    base = tuning.study_fingerprint(changed, layout, "triplet")
+    for overrides in ({"seed": 4}, {"model": {"embedding_dim": 64}},
+                      {"loss_params": {"overrides": {"triplet": {"margin": 0.2}}}}, {"tune": {"epochs": 3}}):
+        assert tuning.study_fingerprint(load_params(write_params(tiny_project, {**TUNE, "train": {
+            **TUNE["train"], "lr": 3e-4}, **overrides})), layout, "triplet") != base, overrides
+    assert tuning.study_fingerprint(changed, layout, "contrastive") != base
+    with open(layout.index_csv("synthetic"), "a") as f:
+        f.write("\n")
+    assert tuning.study_fingerprint(changed, layout, "triplet") != base
+
+    rows = tuning.list_studies(changed, layout)
+    assert {r["study"] for r in rows} == {first["study"], second["study"]}
+    assert cli.main(["--params", str(tiny_project / "params.yaml"), "tune", "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 2 and all("3 complete, 0 pruned, 0 failed" in line for line in listed)
+
+
+def test_a_killed_worker_makes_the_command_fail_with_one_line(tiny_project, monkeypatch, capsys):
+    monkeypatch.setattr(tuning, "fit", _fast_fit())
+    real_commands = tuning.worker_commands
+
+    def one_worker_dies(params_file, loss, workers, track):
+        commands = real_commands(params_file, loss, workers, track)
+        assert len(commands) == 2 and commands[1][commands[1].index("--worker-index") + 1] == "1"
+        return [[sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"],
+                [sys.executable, "-c", "pass"]]
+
+    monkeypatch.setattr(tuning, "worker_commands", one_worker_dies)
+    _params(tiny_project, n_trials=1)  # writes params.yaml
+    code = cli.main(["--params", str(tiny_project / "params.yaml"), "tune", "--loss", "triplet", "--workers", "2",
+                     "--no-track"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: study synthetic-triplet-") and "worker 0: killed by SIGKILL" in err[0]
 
 
 def test_search_spaces_cover_the_papers_values():

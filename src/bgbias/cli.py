@@ -115,9 +115,15 @@ def cmd_attribute(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from bgbias.tuning import run_worker, tune
+    from bgbias.tuning import list_studies, run_worker, tune
 
     params, layout = _params(args)
+    if args.list:
+        for row in list_studies(params, layout):
+            best = "-" if row["best_value"] is None else f"{row['best_value']:.4f}"
+            print(f"{row['study']}  {row['complete']} complete, {row['pruned']} pruned, {row['fail']} failed, "
+                  f"{row['running']} running  best val MAP@R {best}{'  (current)' if row['current'] else ''}")
+        return
     if args.loss:
         params = params.model_copy(update={"loss": args.loss})
 
@@ -141,6 +147,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from bgbias.config import MODES
     from bgbias.engine.retrieval import attach_training_run
+    from bgbias.environment import describe_environment
     from bgbias.report import write_report
 
     params, layout = _params(args)
@@ -150,7 +157,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     attention = json.loads(layout.attention_report.read_text()) if layout.attention_report.is_file() else None
     train_reports = {mode: json.loads(layout.train_report(mode).read_text()) for mode in MODES
                      if layout.train_report(mode).is_file()}
-    results, figure = write_report(metrics, params.selected.format, layout.reports, attention, train_reports)
+    results, figure = write_report(metrics, params.selected.format, layout.reports, attention, train_reports,
+                                   describe_environment())
     print(results.read_text())
     if not args.no_track:
         tracker = _tracker(args, layout, params)
@@ -242,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     for name, help_text in (
+        ("inputs", "stage: digests of the files outside the pipeline that stages read (dataset, backgrounds, ...)"),
         ("synthetic", "stage: render the synthetic default dataset"),
         ("backgrounds", "stage: build the train/test background pools"),
         ("index", "stage: list, split and check the selected dataset"),
@@ -266,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=("contrastive", "triplet", "multi_similarity", "arcface", "normalized_softmax"),
                    help="loss to tune (default: `loss` from params)")
     p.add_argument("--workers", type=int, help="local processes sharing the study (default: tune.workers)")
+    p.add_argument("--list", action="store_true",
+                   help="list the studies in the storage (one per configuration) and mark the current ones")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     tracked_stage("report", "stage: reports/results.md (Tables 1 and 2) and the MAP@R bar chart", cmd_report)
 

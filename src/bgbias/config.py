@@ -290,7 +290,8 @@ class TrackingConfig(Section):
 class Params(Section):
     dataset: str
     loss: Literal["contrastive", "triplet", "multi_similarity", "arcface", "normalized_softmax"]
-    seed: Annotated[Int, Field(ge=0)] = 0
+    seed: Annotated[Int, Field(ge=0)] = 0  # training, background draws, attribution sample, tuning
+    data_seed: Annotated[Int, Field(ge=0)] = 0  # the synthetic set and the procedural backgrounds
     assets_dir: Path = Path("data/assets")
     datasets: dict[str, DatasetConfig]
     index: IndexConfig = IndexConfig()

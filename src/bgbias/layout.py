@@ -29,6 +29,10 @@ class Layout:
     def backgrounds(self) -> Path:
         return self.outputs / "backgrounds"
 
+    def input_manifest(self, name: str) -> Path:
+        """outputs/inputs/<name>.json: the digest of an input from outside the pipeline (inputs.py)."""
+        return self.outputs / "inputs" / f"{name}.json"
+
     def index_csv(self, dataset: str) -> Path:
         return self.outputs / "index" / f"{dataset}.csv"
 

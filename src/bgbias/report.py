@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bgbias.environment import environment_markdown
 from bgbias.files import atomic_write, write_text
 
 # The paper's MAP@R (%), clean -> replaced, as ranges over its five losses
@@ -127,7 +128,8 @@ def table2(attention: dict, dataset_format: str) -> str:
 
 
 def results_markdown(metrics: dict, dataset_format: str, figure: str | None = None,
-                     attention: dict | None = None, train_reports: dict[str, dict] | None = None) -> str:
+                     attention: dict | None = None, train_reports: dict[str, dict] | None = None,
+                     environment: dict | None = None) -> str:
     parts = [
         "# Results",
         "",
@@ -159,6 +161,8 @@ def results_markdown(metrics: dict, dataset_format: str, figure: str | None = No
             "",
             "![saliency of base and bgaugment](figures/attribution.png)",
         ]
+    if environment:
+        parts += ["", environment_markdown(environment)]
     return "\n".join(parts) + "\n"
 
 
@@ -196,9 +200,11 @@ def bar_chart(metrics: dict, path: Path) -> None:
 
 
 def write_report(metrics: dict, dataset_format: str, reports_dir: Path,
-                 attention: dict | None = None, train_reports: dict[str, dict] | None = None) -> tuple[Path, Path]:
+                 attention: dict | None = None, train_reports: dict[str, dict] | None = None,
+                 environment: dict | None = None) -> tuple[Path, Path]:
     figure = reports_dir / "figures" / "map_at_r.png"
     bar_chart(metrics, figure)
     results = reports_dir / "results.md"
-    write_text(results, results_markdown(metrics, dataset_format, "figures/map_at_r.png", attention, train_reports))
+    write_text(results, results_markdown(metrics, dataset_format, "figures/map_at_r.png", attention, train_reports,
+                                         environment))
     return results, figure

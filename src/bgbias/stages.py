@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from bgbias.assets import asset_path
+from bgbias.assets import asset_path, sha256_of
 from bgbias.config import Params
 from bgbias.data.backgrounds import build_pools
 from bgbias.data.datasets import DatasetIndex, build_index
@@ -16,6 +16,7 @@ from bgbias.data.masks import MODEL_NAME, MaskJob, check_folders, check_jobs, co
 from bgbias.data.synthetic import generate
 from bgbias.errors import BgbiasError
 from bgbias.files import write_json
+from bgbias.inputs import write_manifests
 from bgbias.layout import Layout
 from bgbias.process_guard import hold_folder
 
@@ -29,9 +30,17 @@ def _fresh_dir(path: Path) -> None:
     path.mkdir(parents=True)
 
 
+def inputs(params: Params, layout: Layout) -> dict:
+    manifests = write_manifests(params, layout)
+    for name, manifest in manifests.items():
+        log.info("input %s: %s%s", name, manifest["path"],
+                 f" ({manifest['files']} files)" if "files" in manifest else "")
+    return manifests
+
+
 def synthetic(params: Params, layout: Layout) -> dict:
     _fresh_dir(layout.synthetic)
-    summary = generate(params.synthetic, params.seed, layout.synthetic)
+    summary = generate(params.synthetic, params.data_seed, layout.synthetic)
     log.info("synthetic: %(images)d images of %(classes)d classes, home background share %(home_background_share).3f",
              summary)
     return summary
@@ -39,7 +48,7 @@ def synthetic(params: Params, layout: Layout) -> dict:
 
 def backgrounds(params: Params, layout: Layout) -> dict:
     _fresh_dir(layout.backgrounds)
-    manifest = build_pools(params.backgrounds, layout.backgrounds, params.seed, base=layout.root)
+    manifest = build_pools(params.backgrounds, layout.backgrounds, params.data_seed, base=layout.root)
     sizes = {pool: len(entries) for pool, entries in manifest["pools"].items()}
     log.info("backgrounds: %s", ", ".join(f"{pool} pool {n} images" for pool, n in sizes.items()))
     return sizes
@@ -74,7 +83,8 @@ def _masks(params: Params, layout: Layout) -> dict:
         log.info("masks: %d written in %.1f s (%.2f images/s), %d already present",
                  report.written, seconds, report.written / seconds, report.existing)
     # Deterministic content only (no timings), so an unchanged rerun leaves the file as it was.
-    summary = {"dataset": params.dataset, "model": MODEL_NAME, "images": len(jobs), "failed": report.failed}
+    summary = {"dataset": params.dataset, "model": MODEL_NAME, "model_sha256": sha256_of(model), "images": len(jobs),
+               "failed": report.failed}
     write_json(layout.masks_report, summary)
     if report.failed:
         first = report.failed[0]

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -142,13 +143,49 @@ def test_record_journal_of_a_killed_run_is_merged(tmp_path, assets_dir):
     model = assets_dir / "u2netp.onnx"
     compute_masks(jobs, tmp_path / "out", model, workers=1, progress=False)
     record = tmp_path / "out" / SOURCE_HASHES
-    made_from = json.loads(record.read_text())
-    record.write_text(json.dumps({"0.png": made_from["0.png"]}))  # as saved before the run started
+    saved = json.loads(record.read_text())
+    made_from = saved["sources"]
+    record.write_text(json.dumps({**saved, "sources": {"0.png": made_from["0.png"]}}))  # as saved before the run
     journal = json.dumps(["1.png", made_from["1.png"]]) + "\n" + json.dumps(["2.png", made_from["2.png"]])[:20]
     (tmp_path / "out" / "source_hashes.journal").write_text(journal)
 
     report = compute_masks(jobs, tmp_path / "out", model, workers=1, progress=False)
 
     assert (report.existing, report.written) == (2, 1)  # 2.png's entry was torn: recomputed
-    assert json.loads(record.read_text()) == made_from
+    assert json.loads(record.read_text()) == saved
     assert not (tmp_path / "out" / "source_hashes.journal").exists()
+
+
+def _doc_string_appended(model: Path, out: Path) -> Path:
+    """The same network in another file: a second ModelProto.doc_string field (number 6,
+    length-delimited) appended; protobuf keeps the last occurrence, so it still loads."""
+    note = b"a retrained u2netp"
+    out.write_bytes(model.read_bytes() + bytes([6 << 3 | 2, len(note)]) + note)
+    return out
+
+
+def test_another_model_file_redoes_every_mask(tmp_path, assets_dir):
+    import json
+
+    from bgbias.assets import sha256_of
+    from bgbias.data.masks import LEGACY_MODEL_SHA256, SOURCE_HASHES
+
+    for i in range(2):
+        object_image(tmp_path / "in" / f"{i}.png", size=40, seed=i)
+    jobs = folder_jobs(tmp_path / "in", tmp_path / "out")
+    model = assets_dir / "u2netp.onnx"
+    assert compute_masks(jobs, tmp_path / "out", model, progress=False).written == 2
+    record = json.loads((tmp_path / "out" / SOURCE_HASHES).read_text())
+    assert record["model_sha256"] == sha256_of(model) == LEGACY_MODEL_SHA256 and len(record["sources"]) == 2
+
+    other = _doc_string_appended(model, tmp_path / "u2netp-other.onnx")
+    report = compute_masks(jobs, tmp_path / "out", other, progress=False)
+    assert (report.written, report.existing, report.failed) == (2, 0, [])
+    assert json.loads((tmp_path / "out" / SOURCE_HASHES).read_text())["model_sha256"] == sha256_of(other)
+    assert compute_masks(jobs, tmp_path / "out", other, progress=False).existing == 2  # up to date now
+
+    # A record of the older flat format was made by the pinned model: kept with it, redone with another.
+    (tmp_path / "out" / SOURCE_HASHES).write_text(json.dumps(record["sources"]))
+    assert compute_masks(jobs, tmp_path / "out", model, progress=False).existing == 2
+    (tmp_path / "out" / SOURCE_HASHES).write_text(json.dumps(record["sources"]))
+    assert compute_masks(jobs, tmp_path / "out", other, progress=False).written == 2

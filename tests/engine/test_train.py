@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -98,6 +99,118 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tiny_project):
     assert _history(tiny_project) == expected
     assert {k: v for k, v in resumed.items() if k != "train_seconds"} == \
         {k: v for k, v in uninterrupted.items() if k != "train_seconds"}
+
+
+def _landings(monkeypatch, kill_at: int | None = None) -> list[str]:
+    """Record every file landing (os.replace ends each atomic write and the best.pt commit);
+    with `kill_at`, die just before the kill_at-th, as a SIGKILL there would."""
+    landed: list[str] = []
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        landed.append(os.path.basename(dst))
+        if len(landed) == kill_at:
+            raise KeyboardInterrupt(f"killed before {dst} landed")
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return landed
+
+
+def _outcome(root, result):
+    best = torch.load(root / "outputs" / "train" / "synthetic" / "base" / "best.pt", weights_only=True)
+    tensors = {f"{part}.{k}": v for part in ("model", "loss") for k, v in best[part].items()}
+    return (_history(root), {k: v for k, v in result.items() if k != "train_seconds"},
+            {k: v for k, v in best.items() if k not in ("model", "loss")}, tensors)
+
+
+# early_stop: epochs 1 and 2 score the same (a learning rate of 1e-12 changes nothing), so
+# patience 1 stops the run after epoch 2 of 3: a kill between the stop decision and the
+# finished flag used to let --resume train epoch 3.
+RUNS = {"early_stop": {"train": {"epochs": 3, "patience": 1, "lr": 1e-12, "lr_embedding": 1e-12}},
+        "three_epochs": {"train": {"epochs": 3}}}
+
+
+@pytest.mark.parametrize("run", ["early_stop", pytest.param("three_epochs", marks=pytest.mark.slow)])
+def test_a_kill_before_any_write_then_resume_equals_the_uninterrupted_run(tiny_project, tmp_path, monkeypatch, run):
+    overrides = RUNS[run]
+    reference = tmp_path / "reference"
+    shutil.copytree(tiny_project, reference)
+    with monkeypatch.context() as patch:
+        landed = _landings(patch)
+        expected = _outcome(reference, _fit(reference, **overrides))
+    assert {"base.json", "last.pt", "best.pt"} <= set(landed)
+    if run == "early_stop":
+        assert expected[1]["stopped_early"] and expected[1]["epochs_run"] == 2
+
+    for kill_at in range(1, len(landed) + 1):
+        root = tmp_path / f"killed-{kill_at}"
+        shutil.copytree(tiny_project, root)
+        with monkeypatch.context() as patch:
+            _landings(patch, kill_at)
+            with pytest.raises(KeyboardInterrupt):
+                _fit(root, **overrides)
+        history, result, best, tensors = _outcome(root, _fit(root, resume=True, **overrides))
+        where = f"killed before write {kill_at} ({landed[kill_at - 1]})"
+        assert (history, result, best) == expected[:3], where
+        assert tensors.keys() == expected[3].keys() and all(torch.equal(v, expected[3][k]) for k, v in tensors.items()), \
+            where
+        assert not list((root / "outputs" / "train" / "synthetic" / "base").glob("*.pending")), where
+
+
+def test_best_checkpoint_commit_is_finished_or_dropped_on_resume(tmp_path):
+    from bgbias.engine.checkpoint import recover_best, save_checkpoint, save_epoch
+
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    save_epoch(last, {"epoch": 1, "best_epoch": 1}, best, {"epoch": 1, "w": torch.ones(2)})
+    assert torch.load(best, weights_only=True)["epoch"] == 1 and not (tmp_path / "best.pt.pending").exists()
+    # Killed between the pending best (epoch 2) and last.pt: last.pt names epoch 1, so the pending one goes.
+    save_checkpoint(tmp_path / "best.pt.pending", {"epoch": 2, "w": torch.zeros(2)})
+    recover_best(best, best_epoch=1)
+    assert torch.load(best, weights_only=True)["epoch"] == 1 and not (tmp_path / "best.pt.pending").exists()
+    # Killed after last.pt (naming epoch 2) but before the rename: the commit is finished.
+    save_checkpoint(tmp_path / "best.pt.pending", {"epoch": 2, "w": torch.zeros(2)})
+    recover_best(best, best_epoch=2)
+    assert torch.load(best, weights_only=True)["epoch"] == 2
+    recover_best(best, best_epoch=None)  # a fresh start keeps no best.pt of an older run
+    assert not best.exists()
+
+
+@pytest.mark.parametrize("change", ["mask", "background", "tuned"])
+def test_resume_starts_afresh_when_an_input_changed(tiny_project, caplog, change):
+    # The fingerprint used to cover the config and the index only: a run resumed after the
+    # masks or the background pools changed was half old, half new.
+    tuned = tiny_project / "params" / "tuned" / "synthetic" / "multi_similarity.yaml"
+    tuned.parent.mkdir(parents=True)
+    tuned.write_text("loss_params: {alpha: 2.0, beta: 50.0, base: 0.5}\n")
+    overrides = {"loss_params": {"source": "tuned"}}
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tiny_project, tracker=KilledAfterEpoch(1), **overrides)
+    if change == "mask":
+        mask = sorted((tiny_project / "outputs" / "masks" / "synthetic").rglob("*.png"))[0]
+        mask.write_bytes(mask.read_bytes() + b"\0")  # another mask file (trailing byte: same pixels)
+    elif change == "background":
+        photo = sorted((tiny_project / "outputs" / "backgrounds" / "train").glob("*.jpg"))[0]
+        photo.write_bytes(photo.read_bytes() + b"\0")
+    else:
+        tuned.write_text("loss_params: {alpha: 2.0, beta: 40.0, base: 0.5}\n")
+    result = _fit(tiny_project, resume=True, **overrides)
+    assert "different configuration" in caplog.text and "resuming" not in caplog.text
+    assert result["epochs_run"] == 3 and [h["epoch"] for h in _history(tiny_project)] == [0, 1, 2, 3]
+
+
+def test_a_tuned_lr_replaces_train_lr(tiny_project):
+    tuned = tiny_project / "params" / "tuned" / "synthetic" / "multi_similarity.yaml"
+    tuned.parent.mkdir(parents=True)
+    tuned.write_text("loss_params: {alpha: 2.0, beta: 50.0, base: 0.5}\nlr: 2.5e-4\n")
+    _fit(tiny_project, train={"epochs": 1}, loss_params={"source": "tuned"})
+    best = torch.load(tiny_project / "outputs" / "train" / "synthetic" / "base" / "best.pt", weights_only=True)
+    config = json.loads(best["config"])
+    assert config["train"]["lr"] == 2.5e-4 and config["loss_params"] == {"alpha": 2.0, "beta": 50.0, "base": 0.5}
+    assert _history(tiny_project)[-1]["lr"] == 2.5e-4
+    tuned.write_text("loss_params: {alpha: 2.0, beta: 50.0, base: 0.5}\n")  # lr not searched: train.lr stays
+    _fit(tiny_project, train={"epochs": 1}, loss_params={"source": "tuned"})
+    assert _history(tiny_project)[-1]["lr"] == 1e-4
 
 
 def test_resume_ignores_a_checkpoint_of_another_configuration(tiny_project, caplog):

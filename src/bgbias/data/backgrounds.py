@@ -31,7 +31,7 @@ BUNDLED_PHOTOS = {"train": ("brick.png", "grass.png", "moon.png"), "test": ("gra
 TEXTURE_SIDE = 256
 
 
-def _bundled_dir() -> Path:
+def bundled_dir() -> Path:
     import skimage.data
 
     return Path(skimage.data.__file__).parent
@@ -39,7 +39,7 @@ def _bundled_dir() -> Path:
 
 def _sources(cfg: BackgroundsConfig, base: Path) -> dict[str, list[Path]]:
     if cfg.source == "bundled":
-        directory = _bundled_dir()
+        directory = bundled_dir()
         return {pool: [directory / name for name in BUNDLED_PHOTOS[pool]] for pool in POOLS}
     root = Path(cfg.source)
     root = root if root.is_absolute() else (base / root)

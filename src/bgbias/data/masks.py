@@ -11,7 +11,8 @@ skipped, so a killed run continues where it stopped and never leaves a half-writ
 A mask is reused only if it was made from the image file that is there now:
 `OUT_DIR/source_hashes.json` records the sha1 of the image each mask was made from, entered
 only after the mask is written (a PNG this code did not write has no entry and is
-recomputed), and an image replaced under the same name gets a new mask. An image that
+recomputed), and an image replaced under the same name gets a new mask; the record
+also names the model's sha256, so another model file redoes every mask. An image that
 fails is reported, never written as an empty mask.
 
 Masks are written only under OUT_DIR: a job whose mask would land elsewhere (its folder
@@ -35,6 +36,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from bgbias.assets import sha256_of
 from bgbias.data.images import is_image_file, load_rgb
 from bgbias.errors import BgbiasError
 from bgbias.files import remove_stale_temps, save_image, write_json
@@ -48,6 +50,9 @@ STD = (0.229, 0.224, 0.225)
 PREFETCH = 8  # images decoded ahead of the model
 SOURCE_HASHES = "source_hashes.json"
 SOURCE_JOURNAL = "source_hashes.journal"
+# Records written before the model's hash was recorded are a flat {mask: sha1} map; they
+# were made by the only model the checksum check then allowed, this one.
+LEGACY_MODEL_SHA256 = "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8"
 
 
 @dataclass(frozen=True)
@@ -229,9 +234,13 @@ class SourceRecord:
     def __init__(self, out_dir: Path):
         self.path, self.journal = Path(out_dir) / SOURCE_HASHES, Path(out_dir) / SOURCE_JOURNAL
         self.made_from: dict[str, str] = {}
+        self.model_sha256: str | None = None  # the model the recorded masks were made with
         try:
             loaded = json.loads(self.path.read_text(encoding="utf-8"))
-            self.made_from = loaded if isinstance(loaded, dict) else {}
+            if isinstance(loaded, dict) and "sources" in loaded:
+                self.model_sha256, self.made_from = loaded.get("model_sha256"), dict(loaded["sources"])
+            elif isinstance(loaded, dict):  # legacy flat record
+                self.model_sha256, self.made_from = LEGACY_MODEL_SHA256, loaded
         except FileNotFoundError:
             pass
         except (OSError, ValueError):
@@ -245,7 +254,7 @@ class SourceRecord:
                     continue
 
     def save(self) -> None:
-        write_json(self.path, self.made_from)
+        write_json(self.path, {"model_sha256": self.model_sha256, "sources": self.made_from})
         self.journal.unlink(missing_ok=True)
 
     @contextmanager
@@ -263,11 +272,12 @@ class SourceRecord:
             self.save()
 
 
-def drop_stale_masks(jobs: list[MaskJob], out_dir: Path, sha1s: dict[str, str]) -> SourceRecord:
+def drop_stale_masks(jobs: list[MaskJob], out_dir: Path, sha1s: dict[str, str], model_sha256: str) -> SourceRecord:
     """Delete the masks not recorded as made from the current image file (`sha1s` by mask
-    key) and save the record of those kept; returns it."""
+    key) by the current model, and save the record of those kept; returns it."""
     record = SourceRecord(out_dir)
-    made_from = record.made_from
+    made_from = record.made_from if record.model_sha256 == model_sha256 else {}  # another model: none is current
+    record.model_sha256 = model_sha256
     record.made_from = {key: sha1 for key, sha1 in made_from.items() if key not in sha1s}  # images not in this run
     for job in jobs:
         key = job.mask.relative_to(out_dir).as_posix()
@@ -290,7 +300,7 @@ def compute_masks(jobs: Iterable[MaskJob], out_dir: Path, model_path: Path, work
         if directory.is_dir():
             remove_stale_temps(directory)
     sha1s = {job.mask.relative_to(out_dir).as_posix(): _sha1(job) for job in jobs}
-    record = drop_stale_masks(jobs, Path(out_dir), sha1s)
+    record = drop_stale_masks(jobs, Path(out_dir), sha1s, sha256_of(Path(model_path)))
     todo = [job for job in jobs if not job.mask.is_file()]
     report = MaskReport(existing=len(jobs) - len(todo))
     if report.existing:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from bgbias.engine.seeds import Stream, stream_rng
 from bgbias.errors import BgbiasError
 
 
@@ -33,7 +34,7 @@ class MPerClassBatchSampler:
         return self.iterations
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank])
+        rng = stream_rng(self.seed, Stream.BATCHES, self.epoch, self.rank)
         n_classes = self.batch_size // self.m
         for _ in range(self.iterations):
             batch: list[int] = []

@@ -15,16 +15,13 @@ from bgbias.config import MODES, Params
 from bgbias.data.bgaugment import replace_backgrounds
 from bgbias.data.transforms import split_batch
 from bgbias.engine.retrieval import attach_training_run, background_draws, load_trained, load_test_split
-from bgbias.engine.seeds import derived_seed
+from bgbias.engine.seeds import Stream, derived_seed
 from bgbias.files import atomic_write, write_json
 from bgbias.layout import Layout
 from bgbias.losses import create_loss
 from bgbias.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
-
-SAMPLE_STREAM = 3
-NOISE_STREAM = 4
 
 
 def _summary(scores: list[float]) -> dict:
@@ -35,7 +32,7 @@ def attribute_trained(params: Params, layout: Layout, tracker: Tracker | None = 
     tracker = tracker or NullTracker()
     cfg = params.attribution
     setup, test_set, pool = load_test_split(params, layout)
-    rng = np.random.default_rng(derived_seed(params.seed, SAMPLE_STREAM))
+    rng = np.random.default_rng(derived_seed(params.seed, Stream.ATTRIBUTION_SAMPLE))
     chosen = np.sort(rng.choice(len(test_set), min(cfg.images, len(test_set)), replace=False))
     draw = background_draws(pool, len(test_set), params.seed, 1)[0]  # the evaluate stage's first draw
 
@@ -45,7 +42,7 @@ def attribute_trained(params: Params, layout: Layout, tracker: Tracker | None = 
         model, config = load_trained(params, layout, mode, setup.device)
         # The distance is the loss's own (class count does not affect it).
         distance = create_loss(config["loss"], config["loss_params"], 2, params.model.embedding_dim).loss.distance
-        generator = torch.Generator().manual_seed(derived_seed(params.seed, NOISE_STREAM))
+        generator = torch.Generator().manual_seed(derived_seed(params.seed, Stream.ATTRIBUTION_NOISE))
         scores: dict[str, list[float]] = {"clean": [], "replaced": []}
         for start in tqdm(range(0, len(chosen), cfg.batch_size), desc=f"saliency {mode}", disable=not progress):
             ids = torch.as_tensor(chosen[start:start + cfg.batch_size])

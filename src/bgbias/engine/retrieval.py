@@ -18,7 +18,7 @@ from bgbias.data.transforms import eval_transform
 from bgbias.engine.checkpoint import load_checkpoint
 from bgbias.engine.device import DeviceSetup, device_setup
 from bgbias.engine.evaluate import METRICS, embed, retrieval_metrics, summarize_draws
-from bgbias.engine.seeds import TEST_DRAWS, derived_seed
+from bgbias.engine.seeds import Stream, derived_seed
 from bgbias.errors import BgbiasError
 from bgbias.files import write_json, write_text
 from bgbias.layout import Layout
@@ -62,7 +62,7 @@ def load_test_split(params: Params, layout: Layout) -> tuple[DeviceSetup, Masked
 
 
 def background_draws(pool: BackgroundPool, n: int, seed: int, count: int) -> list[BackgroundDraw]:
-    return [pool.draw(n, torch.Generator().manual_seed(derived_seed(seed, TEST_DRAWS, d))) for d in range(count)]
+    return [pool.draw(n, torch.Generator().manual_seed(derived_seed(seed, Stream.TEST_DRAWS, d))) for d in range(count)]
 
 
 def _write_draws(path, dataset: MaskedImageDataset, pool: BackgroundPool, draws: list[BackgroundDraw]) -> None:

@@ -1,14 +1,43 @@
-"""Seeds derived from (run seed, stream, ...) so that every random stream (an epoch's
-batches, the validation or test background draws) is reproducible on its own."""
+"""Seeds derived from (run seed, named stream, indices) so that every random stream (an
+epoch's batches, the validation or test background draws, ...) is reproducible on its own
+and never coincides with another.
+
+The stream is numpy's SeedSequence *spawn key*, not part of its entropy: trailing zeros of
+the entropy are dropped (`SeedSequence([0, 1, 0]) == SeedSequence([0, 1])`), so an entropy
+list `[seed, stream, index]` made validation draws equal epoch 1's stream. Spawn-key words
+are all mixed in, zeros included, so `(stream,)` and `(stream, 0)` differ.
+"""
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 import numpy as np
 
-# Streams of background draws that must never coincide.
-VAL_DRAWS = 1
-TEST_DRAWS = 2
+
+class Stream(IntEnum):
+    """Every seeded stream of a run. A value is a stream's identity: never change or reuse one."""
+
+    EPOCH = 1  # (epoch, rank): crops, flips and BGAugment draws of one epoch
+    BATCHES = 2  # (epoch, rank): the M-per-class sampler's batches
+    MODEL_INIT = 3  # (): the embedding layer's (and loss proxies') initial weights
+    VAL_DRAWS = 4  # (): the validation set's background draw
+    TEST_DRAWS = 5  # (draw,): the test set's replaced-background draws
+    ATTRIBUTION_SAMPLE = 6  # (): which test images get saliency maps
+    ATTRIBUTION_NOISE = 7  # (): SmoothGrad's noise
+    TUNE_SAMPLER = 8  # (worker, finished trials): the TPE sampler of one `bgbias tune` call
 
 
-def derived_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+def seed_sequence(seed: int, stream: Stream, *index: int) -> np.random.SeedSequence:
+    if not isinstance(stream, Stream):
+        raise TypeError(f"stream must be a Stream, got {stream!r}")
+    return np.random.SeedSequence(seed, spawn_key=(int(stream), *index))
+
+
+def derived_seed(seed: int, stream: Stream, *index: int) -> int:
+    """A 32-bit seed (for torch.Generator / Optuna) of one stream."""
+    return int(seed_sequence(seed, stream, *index).generate_state(1)[0])
+
+
+def stream_rng(seed: int, stream: Stream, *index: int) -> np.random.Generator:
+    return np.random.default_rng(seed_sequence(seed, stream, *index))

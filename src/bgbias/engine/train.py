@@ -24,29 +24,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from bgbias import loss_params
-from bgbias.config import MODES, Params
+from bgbias.config import MODES, Params, TrainConfig
 from bgbias.data.bgaugment import BackgroundDraw, BackgroundPool, replace_backgrounds
 from bgbias.data.datasets import DatasetIndex
 from bgbias.data.image_dataset import MaskedImageDataset
 from bgbias.data.sampler import MPerClassBatchSampler
 from bgbias.data.transforms import eval_transform, split_batch, train_transform
-from bgbias.engine.checkpoint import load_checkpoint, save_checkpoint
+from bgbias.engine.checkpoint import load_checkpoint, recover_best, save_checkpoint, save_epoch
 from bgbias.engine.device import DeviceSetup, device_setup
 from bgbias.engine.distributed import Distributed, init_distributed
 from bgbias.engine.evaluate import embed, retrieval_metrics
-from bgbias.engine.seeds import VAL_DRAWS, derived_seed
+from bgbias.engine.seeds import Stream, derived_seed
 from bgbias.errors import BgbiasError
 from bgbias.files import write_json
+from bgbias.inputs import training_inputs
 from bgbias.layout import Layout
 from bgbias.losses import create_loss
 from bgbias.models import Embedder, initial_model
 from bgbias.tracking import NullTracker, Tracker, context_tags
+from bgbias.tuned import apply_tuned_lr, read_tuned
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +88,8 @@ def optimise(step: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Te
 
 
 def tuned_values(params: Params, layout: Layout) -> dict[str, float] | None:
-    if params.loss_params.source != "tuned":
-        return None
-    path = layout.tuned_params(params.dataset, params.loss)
-    if not path.is_file():
-        raise BgbiasError(f"loss_params.source is 'tuned' but {path} does not exist "
-                          f"(run `bgbias tune --loss {params.loss}` or `dvc repro pipelines/tune/dvc.yaml`)")
-    return {k: float(v) for k, v in yaml.safe_load(path.read_text())["loss_params"].items()}
+    tuned = read_tuned(params, layout)
+    return None if tuned is None else tuned["loss_params"]
 
 
 def run_config(params: Params, mode: str, layout: Layout) -> dict:
@@ -112,10 +108,11 @@ def run_config(params: Params, mode: str, layout: Layout) -> dict:
     }
 
 
-def _fingerprint(config: dict, index_csv: Path) -> str:
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    digest.update(index_csv.read_bytes())
-    return digest.hexdigest()
+def _fingerprint(config: dict, params: Params, layout: Layout) -> str:
+    """What a resumed run must share with the killed one: the config (tuned values included)
+    and the content of every input (index, masks, background pools, backbone weights)."""
+    identity = {"config": config, "inputs": training_inputs(params, layout)}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def _validate(model: nn.Module, loader: DataLoader, setup: DeviceSetup, pool: BackgroundPool,
@@ -143,6 +140,7 @@ def fit(params: Params, layout: Layout, mode: str, tracker: Tracker | None = Non
         progress: bool = True, target: RunTarget | None = None) -> dict:
     if mode not in MODES:
         raise BgbiasError(f"unknown mode '{mode}'; allowed: {', '.join(MODES)}")
+    params = apply_tuned_lr(params, read_tuned(params, layout))  # a tuned lr replaces train.lr
     cfg = params.train
     tracker = tracker or NullTracker()
     setup = device_setup(cfg.device, cfg.workers, int(os.environ.get("LOCAL_RANK", "0")))
@@ -212,7 +210,7 @@ def _prepare(params: Params, layout: Layout, mode: str, setup: DeviceSetup, ddp:
 
     # Train pool: BGAugment's backgrounds and the fixed validation background draws.
     pool = BackgroundPool.from_folder(layout.backgrounds / "train", cfg.resize, setup.device)
-    val_draws = pool.draw(len(val_set), torch.Generator().manual_seed(derived_seed(params.seed, VAL_DRAWS)))
+    val_draws = pool.draw(len(val_set), torch.Generator().manual_seed(derived_seed(params.seed, Stream.VAL_DRAWS)))
     val_loader = DataLoader(val_set, batch_size=cfg.eval_batch_size, shuffle=False, **setup.loader_options())
     selection = "val_map_at_r" if mode == "base" else "val_replaced_map_at_r"
     return Run(mode, model, loss, step, optimizer, train_set, val_set, sampler, val_loader, pool, val_draws,
@@ -225,7 +223,7 @@ def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bo
     run = _prepare(params, layout, mode, setup, ddp)
     out_dir = target.out_dir or layout.train_dir(params.dataset, mode)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    fingerprint = _fingerprint(run.config, layout.index_csv(params.dataset))
+    fingerprint = _fingerprint(run.config, params, layout)
     state = _start_state(run, last_path, best_path, fingerprint, resume, ddp)
 
     if ddp.is_main:
@@ -249,7 +247,7 @@ def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bo
             metrics = {"train_loss": train_loss,
                        **_validate(run.model, run.val_loader, setup, run.pool, run.val_draws, progress),
                        "lr": run.optimizer.param_groups[0]["lr"]}
-            stop = _end_epoch(run, state, epoch, metrics, time.perf_counter() - start, cfg.patience, best_path,
+            stop = _end_epoch(run, state, epoch, metrics, time.perf_counter() - start, cfg, best_path,
                               last_path, fingerprint, tracker, target)
         stopped_early = ddp.broadcast_flag(stop)
         if stopped_early:
@@ -257,9 +255,11 @@ def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bo
 
     result = {}
     if ddp.is_main:
+        if not state.get("finished"):  # no epoch ran (nothing left to train): mark it finished now
+            state["finished"] = True
+            save_checkpoint(last_path, _last_state(state, run.model, run.loss, run.optimizer, fingerprint))
         result = _finish(state, mode, params, target.report or layout.train_report(mode), run.selection,
                          stopped_early, tracker, best_path)
-        save_checkpoint(last_path, _last_state(state, run.model, run.loss, run.optimizer, fingerprint, finished=True))
     ddp.barrier()
     return result
 
@@ -267,6 +267,8 @@ def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bo
 def _start_state(run: Run, last_path: Path, best_path: Path, fingerprint: str, resume: bool,
                  ddp: Distributed) -> dict:
     state = _resumable_state(last_path, fingerprint) if resume else None
+    if ddp.is_main:  # best.pt must match last.pt: finish or drop a cut-short commit; a fresh run drops it
+        recover_best(best_path, None if state is None else state["best_epoch"])
     if state is not None:
         run.model.load_state_dict(state["model"])
         run.loss.load_state_dict(state["loss"])
@@ -274,8 +276,6 @@ def _start_state(run: Run, last_path: Path, best_path: Path, fingerprint: str, r
         log.info("%s: resuming after epoch %d (best val %.4f at epoch %d)", run.mode, state["epoch"],
                  state["best_metric"], state["best_epoch"])
         return state
-    if ddp.is_main:
-        best_path.unlink(missing_ok=True)  # a best.pt of an older run must not survive this one
     return {"epoch": 0, "best_metric": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [],
             "seconds": 0.0, "run_id": None}
 
@@ -298,7 +298,7 @@ def _train_epoch(run: Run, params: Params, setup: DeviceSetup, ddp: Distributed,
     (and a classification loss's weights) train: a fresh random layer's gradients would
     otherwise pull the pretrained features apart before it has learned anything."""
     cfg = params.train
-    epoch_seed = derived_seed(params.seed, epoch, ddp.rank)
+    epoch_seed = derived_seed(params.seed, Stream.EPOCH, epoch, ddp.rank)
     torch.manual_seed(epoch_seed)  # crops and flips (in-process loading)
     run.sampler.set_epoch(epoch)
     loader = DataLoader(run.train_set, batch_sampler=run.sampler,
@@ -315,28 +315,30 @@ def _train_epoch(run: Run, params: Params, setup: DeviceSetup, ddp: Distributed,
     return total.item() / len(run.sampler)
 
 
-def _end_epoch(run: Run, state: dict, epoch: int, metrics: dict[str, float], seconds: float, patience: int,
+def _end_epoch(run: Run, state: dict, epoch: int, metrics: dict[str, float], seconds: float, cfg: TrainConfig,
                best_path: Path, last_path: Path, fingerprint: str, tracker: Tracker, target: RunTarget) -> bool:
-    """Record an epoch: best checkpoint, early-stopping count, last.pt, tracking. True = stop."""
+    """Record an epoch: early-stopping decision, then best.pt and last.pt (with the finished
+    flag) in one commit (`save_epoch`), then tracking. True = stop."""
     state["seconds"] += seconds
     metrics["epoch_seconds"] = seconds
     state["history"].append({"epoch": epoch, **metrics})
     improved = metrics[run.selection] > state["best_metric"]
+    best = None
     if improved:
         state.update(best_metric=metrics[run.selection], best_epoch=epoch, bad_epochs=0)
-        save_checkpoint(best_path, {"model": run.model.state_dict(), "loss": run.loss.state_dict(), "epoch": epoch,
-                                    "metric": metrics[run.selection], "selection": run.selection,
-                                    "config": json.dumps(run.config)})
+        best = {"model": run.model.state_dict(), "loss": run.loss.state_dict(), "epoch": epoch,
+                "metric": metrics[run.selection], "selection": run.selection, "config": json.dumps(run.config)}
     else:
         state["bad_epochs"] += 1
-    state["epoch"] = epoch
-    save_checkpoint(last_path, _last_state(state, run.model, run.loss, run.optimizer, fingerprint, finished=False))
+    stop = state["bad_epochs"] >= cfg.patience
+    state.update(epoch=epoch, finished=stop or epoch >= cfg.epochs)  # a kill after this resumes nothing
+    save_epoch(last_path, _last_state(state, run.model, run.loss, run.optimizer, fingerprint), best_path, best)
     tracker.log_metrics(metrics, step=epoch)
     if target.on_epoch is not None:
         target.on_epoch(epoch, metrics)  # may raise (a pruned tuning trial): last.pt is saved
     log.info("%s epoch %d: loss %.4f, val MAP@R %.4f, replaced %.4f%s", run.mode, epoch, metrics["train_loss"],
              metrics["val_map_at_r"], metrics["val_replaced_map_at_r"], " *" if improved else "")
-    return state["bad_epochs"] >= patience
+    return stop
 
 
 def _resumable_state(last_path: Path, fingerprint: str) -> dict | None:
@@ -354,9 +356,9 @@ def _resumable_state(last_path: Path, fingerprint: str) -> dict | None:
 
 
 def _last_state(state: dict, model: nn.Module, loss: nn.Module, optimizer: torch.optim.Optimizer,
-                fingerprint: str, finished: bool) -> dict:
+                fingerprint: str) -> dict:
     return {**state, "model": model.state_dict(), "loss": loss.state_dict(), "optimizer": optimizer.state_dict(),
-            "fingerprint": fingerprint, "finished": finished}
+            "fingerprint": fingerprint}
 
 
 def _finish(state: dict, mode: str, params: Params, report_path: Path, selection: str, stopped_early: bool,

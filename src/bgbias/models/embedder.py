@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bgbias.config import ModelConfig
+from bgbias.engine.seeds import Stream, derived_seed
 from bgbias.models.backbones import Backbone, create_backbone
 
 
@@ -70,5 +71,5 @@ def create_model(cfg: ModelConfig, assets_dir: Path, pretrained: bool = True) ->
 def initial_model(cfg: ModelConfig, assets_dir: Path, seed: int) -> Embedder:
     """The model a training starts from: ImageNet backbone + the seeded fresh embedding
     layer. Evaluation rebuilds it as the untrained reference, so both seed the same way."""
-    torch.manual_seed(seed)
+    torch.manual_seed(derived_seed(seed, Stream.MODEL_INIT))
     return create_model(cfg, assets_dir)
