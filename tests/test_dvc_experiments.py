@@ -20,7 +20,7 @@ def _run(cmd: list[str], cwd: Path) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-600:]}"
     return done.stdout
 
 
@@ -38,7 +38,8 @@ def test_exp_run_with_another_loss_retrains_only_the_training(tmp_path):
               "mask_quality": {"threshold": 128},
               "model": {"backbone": "efficientnet_lite0", "embedding_dim": 128, "weights": None},
               "loss_params": {"source": "paper"}, "eval": {"replaced_draws": 1},
-              "attribution": {"images": 4, "batch_size": 2, "noisy_copies": 2, "figure_rows": 2}}
+              "attribution": {"images": 4, "batch_size": 2, "noisy_copies": 2, "figure_rows": 2},
+              "data_seed": 0, "tracking": {"uri": None}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     (repo / ".gitignore").write_text("/data\n/mlruns\n")
     _run(["git", "init", "-q"], repo)

@@ -80,8 +80,9 @@ class LocalPostgres:
         self.root.chmod(0o700)
         if not (self.data / "PG_VERSION").is_file():
             self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", PG_USER, "-E", "UTF8", "--no-sync")
-        # Loopback only; the socket in our own folder; fsync off: throwaway or trial data.
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -F"
+        # Loopback only; the socket in our own folder; fsync off: throwaway or trial data. Each
+        # worker process holds a few SQLAlchemy pools (study, MLflow), hence more connections.
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -F -c max_connections=400"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "postgres.log"), "-w", "-t", "60",
                   "-o", options, "start")
         return self

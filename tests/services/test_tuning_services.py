@@ -104,10 +104,11 @@ def test_a_worker_killed_mid_trial_is_failed_by_the_heartbeat(postgres, mlflow_s
 
     study = _study(survivor_root)
     states = {t.number: t.state for t in study.trials}
-    assert states[victim_trial] == TrialState.FAIL  # marked by the survivor's heartbeat check, no PID magic:
-    # the survivor started before the kill, and only a new trial start checks for stale ones.
+    assert states[victim_trial] == TrialState.FAIL  # marked by the survivor, after the kill: here both
+    # workers share a host, so the survivor sees the victim's PID gone and fails its trial at once;
+    # across machines Optuna's heartbeat does it after tune.grace_period.
     failed = study.trials[victim_trial]
-    assert failed.datetime_complete.timestamp() >= killed_at + TUNE["grace_period"] - 1
+    assert failed.datetime_complete.timestamp() >= killed_at - 1
     assert [s for n, s in states.items() if n != victim_trial] == [TrialState.COMPLETE] * (len(states) - 1)
     assert len(states) >= TUNE["n_trials"]
     assert _runs(mlflow_server.uri)[1][study.user_attrs[tuning.PARENT_RUN_ATTR]].info.status == "FINISHED"
