@@ -39,8 +39,8 @@ def test_training_logs_params_metrics_and_checkpoint_to_the_server(mlflow_server
     client = _client(mlflow_server.uri)
     experiment = client.get_experiment_by_name("synthetic")
     assert experiment.artifact_location.startswith("mlflow-artifacts:")  # the server's proxy, no shared disk
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.run_id == tracker.run_id and run.info.status == "FINISHED"
+    run = client.get_run(tracker.run_id)  # (the session's server holds other tests' runs too)
+    assert run.info.experiment_id == experiment.experiment_id and run.info.status == "FINISHED"
     assert run.info.run_name == "base-multi_similarity"
     assert run.data.params["train.lr"] == "0.0001" and run.data.params["data.train_classes"] == "4"
     assert run.data.tags["mode"] == "base" and run.data.tags["dataset"] == "synthetic"
