@@ -7,6 +7,7 @@ import shutil
 import signal
 import time
 
+import optuna
 from optuna.trial import TrialState
 
 from bgbias import tuning
@@ -15,7 +16,7 @@ from bgbias.layout import Layout
 from tests.conftest import write_params
 from tests.services.conftest import bgbias
 
-TUNE = {"n_trials": 4, "epochs": 2, "pruner": "none", "heartbeat_interval": 1, "grace_period": 2}
+TUNE = {"n_trials": 4, "epochs": 2, "pruner": "none", "heartbeat_interval": 1, "grace_period": 3}
 
 
 def _machines(tiny_project, tmp_path, storage, tracking_uri, n=2):
@@ -90,16 +91,17 @@ def test_a_worker_killed_mid_trial_is_failed_by_the_heartbeat(postgres, mlflow_s
     victim_trial = None
     while victim_trial is None and time.monotonic() < deadline and victim.poll() is None:
         time.sleep(0.2)
-        try:
-            running = _study(survivor_root).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        except KeyError:  # the study is not created yet
+        # Never create the study here: the workers must find out which of them creates it.
+        names = optuna.get_all_study_names(storage)  # a fresh database: the workers' one study
+        if not names:
             continue
+        running = optuna.load_study(study_name=names[0], storage=storage).get_trials(
+            deepcopy=False, states=(TrialState.RUNNING,))
         victim_trial = next((t.number for t in running if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")),
                             None)
     assert victim_trial is not None, "the victim never ran a trial"
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    killed_at = time.time()
     _wait([survivor])
 
     study = _study(survivor_root)
