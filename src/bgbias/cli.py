@@ -220,11 +220,9 @@ def cmd_server(args: argparse.Namespace) -> None:
                   f"Use it: dvc exp run -S tracking.uri={server.uri} -S tune.storage={optuna_url}\n"
                   "Ctrl-C stops both.", flush=True)
             stop = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            try:
-                while not stop.wait(1.0) and server.process.poll() is None:
-                    pass
-            except KeyboardInterrupt:
+            for signum in (signal.SIGINT, signal.SIGTERM):  # (SIGINT even where the shell ignored it)
+                signal.signal(signum, lambda *_: stop.set())
+            while not stop.wait(1.0) and server.process.poll() is None:
                 pass
         finally:
             server.stop()
