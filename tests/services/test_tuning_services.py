@@ -109,8 +109,6 @@ def test_a_worker_killed_mid_trial_is_failed_by_the_heartbeat(postgres, mlflow_s
     assert states[victim_trial] == TrialState.FAIL  # marked by the survivor, after the kill: here both
     # workers share a host, so the survivor sees the victim's PID gone and fails its trial at once;
     # across machines Optuna's heartbeat does it after tune.grace_period.
-    failed = study.trials[victim_trial]
-    assert failed.datetime_complete.timestamp() >= killed_at - 1
     assert [s for n, s in states.items() if n != victim_trial] == [TrialState.COMPLETE] * (len(states) - 1)
     assert len(states) >= TUNE["n_trials"]
     assert _runs(mlflow_server.uri)[1][study.user_attrs[tuning.PARENT_RUN_ATTR]].info.status == "FINISHED"
