@@ -51,19 +51,22 @@ def trained_probe(tiny_project) -> Probe:
 TRAIN = "outputs/train/synthetic"
 LOCK = f"project/{TRAIN}/.base.lock"  # the trainer's lock on its folder, beside it
 
+EVALUATE = ["evaluate", "--no-track"]
+RESUME = ["train", "--mode", "base", "--resume", "--no-track"]
+TRAIN_CMD = ["train", "--mode", "base", "--no-track"]
+RESNET = {"model": {"backbone": "resnet50", "weights": "weights.pth"}}
+BNINCEPTION = {"model": {"backbone": "bninception", "weights": "weights.pth"}}
+EVAL_OUT = ["project/outputs/eval"]
+
 CASES = [
     # (what is planted where, command, params overrides, error fragments, folders the command may write)
-    (malicious, "best.pt", ["evaluate", "--no-track"], {}, ["checkpoint", "best.pt", "refused"], ["project/outputs/eval"]),
-    (truncated, "best.pt", ["evaluate", "--no-track"], {}, ["checkpoint", "best.pt", "truncated"], ["project/outputs/eval"]),
-    (not_a_dict, "best.pt", ["evaluate", "--no-track"], {}, ["best.pt", "not a checkpoint"], ["project/outputs/eval"]),
-    (malicious, "last.pt", ["train", "--mode", "base", "--resume", "--no-track"], {}, ["checkpoint", "last.pt", "refused"],
-     [LOCK]),
-    (truncated, "last.pt", ["train", "--mode", "base", "--resume", "--no-track"], {}, ["last.pt", "truncated"], [LOCK]),
-    (malicious, "weights.pth", ["train", "--mode", "base", "--no-track"],
-     {"model": {"backbone": "resnet50", "weights": "weights.pth"}}, ["resnet50 weights file", "weights.pth", "refused"],
-     [LOCK]),
-    (truncated, "weights.pth", ["train", "--mode", "base", "--no-track"],
-     {"model": {"backbone": "bninception", "weights": "weights.pth"}}, ["bninception weights file", "truncated"], [LOCK]),
+    (malicious, "best.pt", EVALUATE, {}, ["checkpoint", "best.pt", "refused"], EVAL_OUT),
+    (truncated, "best.pt", EVALUATE, {}, ["checkpoint", "best.pt", "truncated"], EVAL_OUT),
+    (not_a_dict, "best.pt", EVALUATE, {}, ["best.pt", "not a checkpoint"], EVAL_OUT),
+    (malicious, "last.pt", RESUME, {}, ["checkpoint", "last.pt", "refused"], [LOCK]),
+    (truncated, "last.pt", RESUME, {}, ["last.pt", "truncated"], [LOCK]),
+    (malicious, "weights.pth", TRAIN_CMD, RESNET, ["resnet50 weights file", "weights.pth", "refused"], [LOCK]),
+    (truncated, "weights.pth", TRAIN_CMD, BNINCEPTION, ["bninception weights file", "truncated"], [LOCK]),
 ]
 
 

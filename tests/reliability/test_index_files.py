@@ -42,8 +42,8 @@ def csv_bad_split(root):
 
 
 def csv_duplicate_row(root):
-    return csv_dataset(root, ["ant/0.png,ant"]), ["labels.csv:10", "'ant/0.png' is listed again (first at labels.csv:2)",
-                                                  "index.on_duplicate"]
+    return csv_dataset(root, ["ant/0.png,ant"]), ["labels.csv:10", "index.on_duplicate",
+                                                  "'ant/0.png' is listed again (first at labels.csv:2)"]
 
 
 def csv_two_labels(root):

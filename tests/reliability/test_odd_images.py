@@ -43,7 +43,8 @@ DECODABLE = {  # file name: (writer, displayed size)
     "tiny.png": (lambda p: Image.new("RGB", (1, 1), (1, 2, 3)).save(p), (1, 1)),
     "exif_rotated.jpg": (_exif_rotated, (12, 20)),
     "animated.gif": (_animated, (14, 10)),
-    "float.tif": (lambda p: Image.fromarray(np.linspace(0, 1, 160, dtype=np.float32).reshape(10, 16)).save(p), (16, 10)),
+    "float.tif": (lambda p: Image.fromarray(np.linspace(0, 1, 160, dtype=np.float32).reshape(10, 16)).save(p),
+                  (16, 10)),
 }
 BROKEN = {
     "truncated.jpg": lambda p: (Image.new("RGB", (64, 64), (9, 9, 9)).save(p), p.write_bytes(p.read_bytes()[:60])),
