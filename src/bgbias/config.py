@@ -244,11 +244,25 @@ class LossParamsConfig(Section):
         return self
 
 
+SWAP_CONDITIONS = ("only_fg", "only_bg", "mixed_same", "mixed_rand")
+SwapCondition = Literal["only_fg", "only_bg", "mixed_same", "mixed_rand"]
+
+
 class EvalConfig(Section):
     # Seeded draws of test-pool backgrounds for the replaced-background test set (the
     # paper: one unseeded draw); metrics.json reports their mean and std.
     replaced_draws: PositiveInt = 3
     batch_size: PositiveInt = 128
+    # Background-swap conditions besides clean and replaced (after Xiao et al., ICLR 2021;
+    # engine/conditions.py); the drawn ones (mixed_*) use replaced_draws draws too.
+    conditions: tuple[SwapCondition, ...] = SWAP_CONDITIONS
+    worst_of_k: Annotated[Int, Field(ge=0)] = 5  # test-pool backgrounds per query for worst-case MAP@R; 0: off
+
+    @model_validator(mode="after")
+    def _distinct_conditions(self) -> EvalConfig:
+        if len(set(self.conditions)) != len(self.conditions):
+            raise ValueError(f"eval.conditions lists a condition twice: {list(self.conditions)}")
+        return self
 
 
 class AttributionConfig(Section):

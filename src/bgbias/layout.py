@@ -61,6 +61,11 @@ class Layout:
         return self.reports / "metrics.json"
 
     @property
+    def conditions_figure(self) -> Path:
+        """One example row per background-swap test condition (the evaluate stage)."""
+        return self.reports / "figures" / "conditions.png"
+
+    @property
     def attention_report(self) -> Path:
         return self.reports / "attention.json"
 

@@ -76,13 +76,26 @@ def test_evaluate_and_report_stage_outputs(tiny_project):
     saved = json.loads((tiny_project / "reports" / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(report))
     assert set(saved["modes"]) == {"base", "bgaugment"} and saved["replaced_draws"] == 2
-    for result in saved["modes"].values():
-        assert set(result) == {"clean", "replaced"}
-        assert set(result["clean"]) == set(result["replaced"]) == {"map_at_r", "precision_at_1", "r_precision"}
-        assert set(result["replaced"]["map_at_r"]) == {"mean", "std", "draws"}
+    conditions = {"clean", "replaced", "only_fg", "only_bg", "mixed_same", "mixed_rand"}
+    assert set(saved["conditions"]) == conditions and saved["worst_of_k"] == 5
+    for result in [*saved["modes"].values(), *saved["untrained"].values()]:
+        assert set(result) == conditions | {"bg_gap", "worst_of_k"}
+        for condition in conditions:
+            assert set(result[condition]) == {"map_at_r", "precision_at_1", "r_precision"}
+        for drawn in ("replaced", "mixed_same", "mixed_rand"):
+            assert set(result[drawn]["map_at_r"]) == {"mean", "std", "draws"} and result[drawn]["map_at_r"]["draws"] == 2
         assert 0.0 <= result["clean"]["map_at_r"] <= 1.0
-    draws_csv = (tiny_project / "outputs" / "eval" / "synthetic" / "test_backgrounds.csv").read_text().splitlines()
+        same, rand = result["mixed_same"]["map_at_r"], result["mixed_rand"]["map_at_r"]
+        # Per-draw gaps: their mean is the gap of the means.
+        assert result["bg_gap"]["map_at_r"]["mean"] == pytest.approx(same["mean"] - rand["mean"])
+        worst = result["worst_of_k"]
+        assert worst["k"] == 5 and 0.0 <= worst["map_at_r"] <= worst["query_replaced_map_at_r"] <= 1.0
+    eval_dir = tiny_project / "outputs" / "eval" / "synthetic"
+    draws_csv = (eval_dir / "test_backgrounds.csv").read_text().splitlines()
     assert len(draws_csv) == 1 + 2 * saved["test_images"]
+    assert len((eval_dir / "test_partners.csv").read_text().splitlines()) == 1 + 2 * 2 * saved["test_images"]
+    assert len(list((eval_dir / "object_removed").rglob("*.png"))) == saved["test_images"]
+    assert (tiny_project / "reports" / "figures" / "conditions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     results, figure = write_report(saved, "csv", tiny_project / "reports")
     text = results.read_text()

@@ -3,6 +3,8 @@ AccuracyCalculator with k = "max_bin_count", as the paper)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,17 +24,23 @@ _PML_NAMES = {"mean_average_precision_at_r": "map_at_r", "precision_at_1": "prec
 @torch.no_grad()
 def embed(model: nn.Module, loader: DataLoader, setup: DeviceSetup,
           pool: BackgroundPool | None = None, draws: BackgroundDraw | None = None,
-          desc: str = "embed", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+          desc: str = "embed", progress: bool = True,
+          compose: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings [N, dim] (L2-normalised) and labels [N] of the loader's dataset, in
     dataset order. With `pool` and `draws` (one draw per dataset item), each image's
-    background is replaced first."""
+    background is replaced first; `compose` instead makes the images from the whole batch
+    (float [B, C, H, W] in [0, 1]: RGB, mask and whatever channels the dataset adds)."""
     was_training = model.training
     model.eval()
     embeddings, labels, order = [], [], []
     for batch, batch_labels, index in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        images, masks = split_batch(batch.to(setup.device, non_blocking=True))
-        if pool is not None:
-            images = replace_backgrounds(images, masks, pool, draws.select(index))
+        batch = batch.to(setup.device, non_blocking=True)
+        if compose is not None:
+            images = compose(batch.float().div_(255.0))
+        else:
+            images, masks = split_batch(batch)
+            if pool is not None:
+                images = replace_backgrounds(images, masks, pool, draws.select(index))
         with setup.autocast():
             out = model(setup.to_input(images))
         embeddings.append(F.normalize(out.float(), dim=1).cpu())
@@ -58,3 +66,29 @@ def summarize_draws(per_draw: list[dict[str, float]]) -> dict[str, dict[str, flo
                    "std": float(np.std([d[name] for d in per_draw])),
                    "draws": len(per_draw)}
             for name in METRICS}
+
+
+@torch.no_grad()
+def average_precision_at_r(queries: np.ndarray, gallery: np.ndarray, labels: np.ndarray,
+                           chunk: int = 1024) -> np.ndarray:
+    """AP@R [N] of each query i against gallery items j != i (queries [N, d] and gallery
+    [N, d], L2-normalised, row i of both the same test image; labels [N]). R_i is the
+    number of other gallery items of i's class; AP@R = (1/R) sum over the first R
+    neighbours of precision@k at each hit (NaN where R is 0: PML leaves such queries out). With queries == gallery its mean is
+    pytorch-metric-learning's MAP@R (k="max_bin_count", ties aside)."""
+    q, g = torch.from_numpy(queries).float(), torch.from_numpy(gallery).float()
+    y = torch.from_numpy(np.asarray(labels))
+    counts = torch.bincount(y.long() - int(y.min()))[y.long() - int(y.min())] - 1  # R per query
+    depth = max(int(counts.max()), 1)
+    ap = torch.zeros(len(q), dtype=torch.float64)
+    for start in range(0, len(q), chunk):
+        rows = torch.arange(start, min(start + chunk, len(q)))
+        similarity = q[rows] @ g.T  # [n, N]; on unit vectors the same order as L2 distance
+        similarity[torch.arange(len(rows)), rows] = -torch.inf  # the query's own image is no neighbour
+        neighbours = similarity.topk(min(depth, len(g) - 1), dim=1).indices  # [n, depth]
+        r = counts[rows]
+        within_r = torch.arange(neighbours.shape[1])[None, :] < r[:, None]
+        hits = (y[neighbours] == y[rows][:, None]) & within_r
+        precision = hits.cumsum(1).double() / torch.arange(1, neighbours.shape[1] + 1)
+        ap[rows] = torch.where(r > 0, (precision * hits).sum(1) / r.clamp(min=1), torch.nan)
+    return ap.numpy()

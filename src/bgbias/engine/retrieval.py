@@ -16,6 +16,8 @@ from bgbias.data.datasets import DatasetIndex
 from bgbias.data.image_dataset import MaskedImageDataset
 from bgbias.data.transforms import eval_transform
 from bgbias.engine.checkpoint import load_checkpoint
+from bgbias.engine.condition_figure import conditions_figure
+from bgbias.engine.conditions import SwapSuite, build_suite, evaluate_swaps, write_suite_draws
 from bgbias.engine.device import DeviceSetup, device_setup
 from bgbias.engine.evaluate import METRICS, embed, retrieval_metrics, summarize_draws
 from bgbias.engine.seeds import Stream, derived_seed
@@ -75,12 +77,15 @@ def _write_draws(path, dataset: MaskedImageDataset, pool: BackgroundPool, draws:
 
 
 def evaluate_mode(model: Embedder, loader: DataLoader, setup: DeviceSetup, pool: BackgroundPool,
-                  draws: list[BackgroundDraw], progress: bool = True) -> dict:
-    clean = retrieval_metrics(*embed(model, loader, setup, desc="test clean", progress=progress))
+                  draws: list[BackgroundDraw], progress: bool = True, suite: SwapSuite | None = None) -> dict:
+    clean_embeddings, labels = embed(model, loader, setup, desc="test clean", progress=progress)
     replaced = [retrieval_metrics(*embed(model, loader, setup, pool, draw, desc=f"test replaced {d + 1}",
                                          progress=progress))
                 for d, draw in enumerate(draws)]
-    return {"clean": clean, "replaced": summarize_draws(replaced)}
+    result = {"clean": retrieval_metrics(clean_embeddings, labels), "replaced": summarize_draws(replaced)}
+    if suite is not None:  # the background-swap conditions and worst-of-K
+        result.update(evaluate_swaps(model, suite, setup, clean_embeddings, progress))
+    return result
 
 
 def evaluate_trained(params: Params, layout: Layout, tracker: Tracker | None = None, progress: bool = True) -> dict:
@@ -88,14 +93,21 @@ def evaluate_trained(params: Params, layout: Layout, tracker: Tracker | None = N
     setup, test_set, pool = load_test_split(params, layout)
     loader = DataLoader(test_set, batch_size=params.eval.batch_size, shuffle=False, **setup.loader_options())
     draws = background_draws(pool, len(test_set), params.seed, params.eval.replaced_draws)
-    _write_draws(layout.eval_dir(params.dataset) / "test_backgrounds.csv", test_set, pool, draws)
+    eval_dir = layout.eval_dir(params.dataset)
+    _write_draws(eval_dir / "test_backgrounds.csv", test_set, pool, draws)
+    suite = build_suite(params.eval, params.seed, test_set, pool, eval_dir, setup)
+    write_suite_draws(eval_dir, suite)
+    conditions_figure(suite, draws[0], layout.conditions_figure)
 
     report: dict = {"dataset": params.dataset, "loss": params.loss, "test_images": len(test_set),
-                    "test_classes": test_set.num_classes, "replaced_draws": len(draws), "modes": {}}
+                    "test_classes": test_set.num_classes, "replaced_draws": len(draws),
+                    "conditions": ["clean", "replaced", *suite.conditions], "worst_of_k": len(suite.worst_draws),
+                    "modes": {}}
     trained = {mode: load_trained(params, layout, mode, setup.device) for mode in MODES}
     for mode, (model, _) in trained.items():
-        report["modes"][mode] = _evaluate_logged(mode, model, loader, setup, pool, draws, progress)
-    report["untrained"] = {name: _evaluate_logged(f"untrained ({name})", model, loader, setup, pool, draws, progress)
+        report["modes"][mode] = _evaluate_logged(mode, model, loader, setup, pool, draws, progress, suite)
+    report["untrained"] = {name: _evaluate_logged(f"untrained ({name})", model, loader, setup, pool, draws, progress,
+                                                  suite)
                            for name, model in untrained_references(trained["base"][1], params, setup.device).items()}
     flat = {f"untrained_{name}_{k}": v for name, result in report["untrained"].items()
             for k, v in flat_test_metrics(result, prefix="test").items()}
@@ -116,8 +128,8 @@ def untrained_references(config: dict, params: Params, device: torch.device) -> 
 
 
 def _evaluate_logged(name: str, model: torch.nn.Module, loader: DataLoader, setup: DeviceSetup, pool: BackgroundPool,
-                     draws: list[BackgroundDraw], progress: bool) -> dict:
-    result = evaluate_mode(model, loader, setup, pool, draws, progress)
+                     draws: list[BackgroundDraw], progress: bool, suite: SwapSuite | None = None) -> dict:
+    result = evaluate_mode(model, loader, setup, pool, draws, progress, suite)
     clean, replaced = result["clean"]["map_at_r"], result["replaced"]["map_at_r"]["mean"]
     log.info("%s: test MAP@R clean %.4f, replaced %.4f +- %.4f (relative drop %.1f %%)", name, clean, replaced,
              result["replaced"]["map_at_r"]["std"], 100 * (1 - replaced / clean) if clean else 0.0)
@@ -127,7 +139,15 @@ def _evaluate_logged(name: str, model: torch.nn.Module, loader: DataLoader, setu
 def flat_test_metrics(result: dict, prefix: str = "test") -> dict[str, float]:
     """The same names for both modes, so MLflow's compare view lines base and bgaugment up."""
     flat = {f"{prefix}_clean_{m}": result["clean"][m] for m in METRICS}
-    for m in METRICS:
-        flat[f"{prefix}_replaced_{m}"] = result["replaced"][m]["mean"]
-        flat[f"{prefix}_replaced_{m}_std"] = result["replaced"][m]["std"]
+    for condition in ("replaced", "mixed_same", "mixed_rand"):  # drawn: mean and std over the draws
+        for m in METRICS if condition in result else ():
+            flat[f"{prefix}_{condition}_{m}"] = result[condition][m]["mean"]
+            flat[f"{prefix}_{condition}_{m}_std"] = result[condition][m]["std"]
+    for condition in ("only_fg", "only_bg"):
+        flat.update({f"{prefix}_{condition}_{m}": result[condition][m] for m in METRICS if condition in result})
+    if "bg_gap" in result:
+        flat[f"{prefix}_bg_gap_map_at_r"] = result["bg_gap"]["map_at_r"]["mean"]
+        flat[f"{prefix}_bg_gap_map_at_r_std"] = result["bg_gap"]["map_at_r"]["std"]
+    if "worst_of_k" in result:
+        flat[f"{prefix}_worst_of_k_map_at_r"] = result["worst_of_k"]["map_at_r"]
     return flat

@@ -26,6 +26,9 @@ class Stream(IntEnum):
     ATTRIBUTION_SAMPLE = 6  # (): which test images get saliency maps
     ATTRIBUTION_NOISE = 7  # (): SmoothGrad's noise
     TUNE_SAMPLER = 8  # (worker, finished trials): the TPE sampler of one `bgbias tune` call
+    MIXED_SAME = 9  # (draw,): mixed_same test condition: the same-class image lending each background
+    MIXED_RAND = 10  # (draw,): mixed_rand test condition: the other-class image lending each background
+    WORST_OF_K = 11  # (k,): the k-th test-pool background of the worst-of-K test condition
 
 
 def seed_sequence(seed: int, stream: Stream, *index: int) -> np.random.SeedSequence:
