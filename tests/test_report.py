@@ -44,3 +44,25 @@ def test_seeds_table_is_mean_and_population_std_over_runs(tmp_path, capsys):
     other.write_text(json.dumps({**runs[0], "dataset": "e"}))
     assert main(["seeds-table", str(files[0]), str(other)]) == 2
     assert "different studies" in capsys.readouterr().err
+
+
+def test_conditions_table_rows_and_cells():
+    from bgbias.report import conditions_table, results_markdown
+
+    metrics = _metrics(0.30, 0.25)
+    drawn = {"mean": 0.2, "std": 0.01, "draws": 3}
+    metrics["modes"]["base"].update({
+        "only_fg": {"map_at_r": 0.4}, "only_bg": {"map_at_r": 0.125}, "mixed_same": {"map_at_r": drawn},
+        "mixed_rand": {"map_at_r": {"mean": 0.05, "std": 0.0, "draws": 3}},
+        "bg_gap": {"map_at_r": {"mean": 0.15, "std": 0.01, "draws": 3}},
+        "worst_of_k": {"map_at_r": 0.033, "k": 5, "query_replaced_map_at_r": 0.1}})
+    metrics["untrained"]["pooled_features"].update({k: metrics["modes"]["base"][k] for k in
+                                                    ("only_fg", "only_bg", "mixed_same", "mixed_rand", "bg_gap",
+                                                     "worst_of_k")})
+    text = conditions_table(metrics)
+    assert "| model | clean | replaced | only_fg | only_bg | mixed_same | mixed_rand | BG-gap (same - rand) " \
+           "| worst of 5 backgrounds |" in text
+    assert "| base | 30.0 | 15.0 ± 0.0 | 40.0 | 12.5 | 20.0 ± 1.0 | 5.0 ± 0.0 | 15.0 ± 1.0 | 3.3 |" in text
+    assert "| untrained, backbone's pooled features | 25.0 |" in text
+    assert "## Table 3: background-swap conditions" in results_markdown(metrics, "csv")
+    assert "Table 3" not in results_markdown(_metrics(0.30, 0.25), "csv")  # an older metrics.json

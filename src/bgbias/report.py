@@ -94,6 +94,45 @@ def seeds_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+SWAP_COLUMNS = ("clean", "replaced", "only_fg", "only_bg", "mixed_same", "mixed_rand", "bg_gap")
+
+
+def _cell(value: float | dict) -> str:
+    """MAP@R in %: a number, or mean ± std over draws."""
+    if isinstance(value, dict):
+        return f"{100 * value['mean']:.1f} ± {100 * value['std']:.1f}"
+    return f"{100 * value:.1f}"
+
+
+def conditions_table(metrics: dict) -> str:
+    """Table 3: MAP@R per background-swap condition, BG-gap and worst-of-K, per mode and
+    untrained reference (columns the evaluation did not run are left out)."""
+    results = {**metrics["modes"], **{UNTRAINED_LABELS.get(n, f"untrained, {n}"): r
+                                      for n, r in metrics.get("untrained", {}).items()}}
+    first = next(iter(results.values()))
+    columns = [c for c in SWAP_COLUMNS if c in first]
+    worst = "worst_of_k" in first
+    header = [c if c != "bg_gap" else "BG-gap (same - rand)" for c in columns]
+    if worst:
+        header.append(f"worst of {first['worst_of_k']['k']} backgrounds")
+    lines = ["| model | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+    for label, result in results.items():
+        cells = [_cell(result[c]["map_at_r"]) for c in columns]
+        if worst:
+            cells.append(_cell(result["worst_of_k"]["map_at_r"]))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+CONDITIONS_TEXT = (
+    "MAP@R in % on the test images under each condition (after Xiao et al., ICLR 2021): *only_fg* the object "
+    "on black; *only_bg* the object removed and its region inpainted (what the background alone retrieves: the "
+    "bias the data offers); *mixed_same* / *mixed_rand* the object on the object-removed background of another "
+    "test image of the same / another class (mean ± std over the seeded draws); BG-gap = mixed_same - mixed_rand "
+    "(how much a matching background helps); worst of K: per query the lowest AP@R over K test-pool backgrounds "
+    "behind the query, against the clean test images.")
+
+
 def training_check(train_reports: dict[str, dict]) -> str:
     """Did training beat its own start? Each mode's selected epoch against epoch 0 (the
     untrained model) on the mode's selection metric; a model that did not is flagged."""
@@ -144,6 +183,9 @@ def results_markdown(metrics: dict, dataset_format: str, figure: str | None = No
     if "untrained" in metrics:
         parts += ["", "The untrained rows are the trained models' starting point on the same images and background "
                       "draws; a trained model is worth reporting only above them."]
+    if set(next(iter(metrics["modes"].values()))) - {"clean", "replaced"}:  # the swap conditions ran
+        parts += ["", "## Table 3: background-swap conditions", "", CONDITIONS_TEXT, "", conditions_table(metrics),
+                  "", "![one example row per condition](figures/conditions.png)"]
     if train_reports:
         parts += ["", "## Validation: did training beat its start?", "", training_check(train_reports)]
     if figure:
