@@ -242,6 +242,7 @@ def make_project(tmp_path: Path) -> tuple[Path, Path]:
         "eval": {"replaced_draws": 1},
         "attribution": {"images": 2, "batch_size": 2, "noisy_copies": 2, "figure_rows": 2},
         "tune": {"n_trials": 1, "epochs": 1, "pruner": "none"},
+        "bias_curve": {"bg_correlation": [0.5], "bgaugment_p": [0.5]},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     tuned = root / "params" / "tuned" / "outside" / "multi_similarity.yaml"
@@ -314,6 +315,8 @@ def test_every_stage_declares_every_param_and_file_it_reads(tmp_path, monkeypatc
     names = [s.addressing for s in stages]
     assert {"inputs", "synthetic", "index", "masks", "train@base", "evaluate", "report"} <= set(names)
     assert sum(n.startswith("pipelines/tune/dvc.yaml:tune@") for n in names) == 5
+    assert {"pipelines/bias_curve/dvc.yaml:bg_correlation@0.5", "pipelines/bias_curve/dvc.yaml:bgaugment_p@0.5",
+            "pipelines/bias_curve/dvc.yaml:curve"} <= set(names), names
 
     recorder = install_params_recorder(monkeypatch)
     monkeypatch.setattr(cli, "_tracker", lambda *args, **kwargs: NullTracker())  # the MLflow store is no input

@@ -168,6 +168,22 @@ def cmd_report(args: argparse.Namespace) -> None:
                 tracker.log_artifact(results, "report")
 
 
+def cmd_curve_point(args: argparse.Namespace) -> None:
+    from bgbias.curve_points import bgaugment_point, correlation_point
+
+    params, layout = _params(args)
+    run = correlation_point if args.curve == "bg_correlation" else bgaugment_point
+    run(params, layout, args.value)
+
+
+def cmd_bias_curve(args: argparse.Namespace) -> None:
+    from bgbias.curve_report import write_curves
+
+    rows = write_curves(*_params(args))
+    for curve, points in rows.items():
+        print(f"{curve}: {len(points)} points")
+
+
 def cmd_seeds_table(args: argparse.Namespace) -> None:
     from bgbias.report import seeds_table
 
@@ -278,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     tracked_stage("report", "stage: reports/results.md (Tables 1 and 2) and the MAP@R bar chart", cmd_report)
 
+    p = sub.add_parser("curve-point", help="one bias-curve point: train and evaluate in outputs/bias_curve/CURVE/VALUE")
+    p.add_argument("--curve", required=True, choices=("bg_correlation", "bgaugment_p"))
+    p.add_argument("--value", required=True, help="synthetic.bg_correlation or train.bgaugment_p, as params.yaml "
+                                                  "writes it (names the folder)")
+    p.set_defaults(func=cmd_curve_point)
+    sub.add_parser("bias-curve", help="reports/bias_curve/: the curves from their points (CSV, JSON, PNG)"
+                   ).set_defaults(func=cmd_bias_curve)
     p = sub.add_parser("seeds-table", help="Table 1 as mean ± std over several runs' metrics.json (training seeds)")
     p.add_argument("metrics", nargs="+", help="reports/metrics.json of each run")
     p.set_defaults(func=cmd_seeds_table)

@@ -265,6 +265,16 @@ class EvalConfig(Section):
         return self
 
 
+class BiasCurveConfig(Section):
+    """`pipelines/bias_curve/dvc.yaml`: one point per value (README: Bias curve)."""
+
+    bg_correlation: tuple[Probability, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)  # synthetic data re-rendered
+    bgaugment_p: tuple[Probability, ...] = (0.0, 0.25, 0.5, 1.0)  # BGAugment on the default data
+    # Masks of the re-rendered synthetic sets: the renderer's exact ones (no rembg pass per
+    # point: ~5 min each on 2 cores) or u2netp's as in the default study.
+    masks: Literal["ground_truth", "rembg"] = "ground_truth"
+
+
 class AttributionConfig(Section):
     images: PositiveInt = 40  # seeded sample of test images (all when fewer)
     batch_size: PositiveInt = 8  # images per step; each expands to noisy_copies inputs
@@ -318,6 +328,7 @@ class Params(Section):
     loss_params: LossParamsConfig = LossParamsConfig()
     eval: EvalConfig = EvalConfig()
     attribution: AttributionConfig = AttributionConfig()
+    bias_curve: BiasCurveConfig = BiasCurveConfig()
     tune: TuneConfig = TuneConfig()
     tracking: TrackingConfig = TrackingConfig()
 

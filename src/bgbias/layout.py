@@ -74,3 +74,41 @@ class Layout:
 
     def tune_dir(self, dataset: str, loss: str) -> Path:
         return self.outputs / "tune" / dataset / loss
+
+    def curve_points(self, curve: str) -> Path:
+        return self.outputs / "bias_curve" / curve
+
+    def curve_point(self, curve: str, value: str) -> Path:
+        """outputs/bias_curve/<curve>/<value as written in params.yaml>/ (DVC names the
+        folder so): a bias-curve point's own outputs/ and reports/."""
+        return self.curve_points(curve) / value
+
+    @property
+    def bias_curve_reports(self) -> Path:
+        return self.reports / "bias_curve"
+
+
+@dataclass(frozen=True)
+class PointLayout(Layout):
+    """A bias-curve point: a project of its own under `root` (outputs/, reports/) that
+    reads the background pools and tuned params of `project`, and with `own_data` False
+    also its index and masks (the bgaugment_p curve trains on the default data)."""
+
+    project: Path = Path(".")
+    own_data: bool = True
+
+    @property
+    def backgrounds(self) -> Path:
+        return Layout(self.project).backgrounds
+
+    def tuned_params(self, dataset: str, loss: str) -> Path:
+        return Layout(self.project).tuned_params(dataset, loss)
+
+    def input_manifest(self, name: str) -> Path:
+        return Layout(self.project).input_manifest(name)
+
+    def index_csv(self, dataset: str) -> Path:
+        return super().index_csv(dataset) if self.own_data else Layout(self.project).index_csv(dataset)
+
+    def masks(self, dataset: str) -> Path:
+        return super().masks(dataset) if self.own_data else Layout(self.project).masks(dataset)

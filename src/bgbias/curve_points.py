@@ -1,0 +1,83 @@
+"""One point of a bias curve (pipelines/bias_curve/dvc.yaml), each in its own folder
+`outputs/bias_curve/<curve>/<value>/` laid out like a project (outputs/, reports/):
+
+- `bg_correlation`: the synthetic set re-rendered with that share of home backgrounds, its
+  index and masks, both modes trained, evaluated under every test condition;
+- `bgaugment_p`: BGAugment trained on the default data (the project's index, masks and
+  pools) with that probability, evaluated likewise.
+
+Each evaluation includes the untrained references on the same images and draws. Points are
+not tracked in MLflow (their metrics.json holds everything the curve reads).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+from bgbias import stages
+from bgbias.config import MODES, Params
+from bgbias.engine.retrieval import evaluate_trained
+from bgbias.engine.train import fit
+from bgbias.errors import BgbiasError
+from bgbias.layout import Layout, PointLayout
+
+log = logging.getLogger(__name__)
+
+CURVES = ("bg_correlation", "bgaugment_p")
+SYNTHETIC = "synthetic"
+
+
+def point_value(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise BgbiasError(f"bias-curve point value {text!r} is not a number") from None
+
+
+def correlation_point(params: Params, layout: Layout, name: str, progress: bool = False) -> dict:
+    """`name`: the value as params.yaml writes it (the point's folder name)."""
+    value = point_value(name)
+    synthetic = params.datasets.get(SYNTHETIC)
+    if synthetic is None:
+        raise BgbiasError(f"params.yaml: datasets.{SYNTHETIC} is needed for the bg_correlation curve")
+    point = PointLayout(layout.curve_point("bg_correlation", name), project=layout.root)
+    _fresh(point)
+    dataset = synthetic.model_copy(update={"root": point.synthetic / "images", "gt_masks": point.synthetic / "masks"})
+    params = params.model_copy(update={
+        "dataset": SYNTHETIC, "datasets": {SYNTHETIC: dataset},
+        "synthetic": params.synthetic.model_copy(update={"bg_correlation": value})})
+    stages.synthetic(params, point)
+    stages.index(params, point)
+    if params.bias_curve.masks == "ground_truth":
+        shutil.copytree(point.synthetic / "masks", point.masks(SYNTHETIC))  # the renderer's exact masks
+    else:
+        stages.masks(params, point)
+    for mode in MODES:
+        fit(params, point, mode, progress=progress)
+    return _evaluate(params, point, MODES, f"bg_correlation {value:g}", progress)
+
+
+def bgaugment_point(params: Params, layout: Layout, name: str, progress: bool = False) -> dict:
+    value = point_value(name)
+    point = PointLayout(layout.curve_point("bgaugment_p", name), project=layout.root, own_data=False)
+    _fresh(point)
+    params = params.model_copy(update={"train": params.train.model_copy(update={"bgaugment_p": value})})
+    fit(params, point, "bgaugment", progress=progress)
+    return _evaluate(params, point, ("bgaugment",), f"bgaugment_p {value:g}", progress)
+
+
+def _fresh(point: PointLayout) -> None:
+    """A point is computed whole: nothing of an older run stays in its folder."""
+    if point.root.exists():
+        shutil.rmtree(point.root)
+    point.root.mkdir(parents=True)
+
+
+def _evaluate(params: Params, point: PointLayout, modes: tuple[str, ...], name: str, progress: bool) -> dict:
+    report = evaluate_trained(params, point, progress=progress, modes=modes)
+    for mode in modes:
+        result = report["modes"][mode]
+        log.info("%s %s: MAP@R clean %.4f, replaced %.4f", name, mode, result["clean"]["map_at_r"],
+                 result["replaced"]["map_at_r"]["mean"])
+    return report
