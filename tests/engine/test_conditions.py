@@ -90,3 +90,20 @@ def test_swap_views_compose_the_right_pixels(tiny_project):
     mixed = compose(dataset[0][0][None].float() / 255)[0]
     partner_bg = suite.view("only_bg")[0][j][0][4:].float() / 255
     assert torch.allclose(mixed, composite(image, mask, partner_bg), atol=1e-6)
+
+
+def test_mlflow_names_of_the_conditions_are_the_same_for_every_model():
+    from bgbias.engine.retrieval import flat_test_metrics
+
+    metric = {"map_at_r": 0.5, "precision_at_1": 0.6, "r_precision": 0.4}
+    drawn = {k: {"mean": v, "std": 0.1, "draws": 2} for k, v in metric.items()}
+    result = {"clean": metric, "replaced": drawn, "only_fg": metric, "only_bg": metric, "mixed_same": drawn,
+              "mixed_rand": drawn, "bg_gap": {"map_at_r": {"mean": 0.0, "std": 0.05, "draws": 2}},
+              "worst_of_k": {"map_at_r": 0.25, "k": 5, "query_replaced_map_at_r": 0.4}}
+    flat = flat_test_metrics(result)
+    assert flat["test_only_bg_map_at_r"] == 0.5 and flat["test_mixed_rand_map_at_r_std"] == 0.1
+    assert flat["test_bg_gap_map_at_r"] == 0.0 and flat["test_bg_gap_map_at_r_std"] == 0.05
+    assert flat["test_worst_of_k_map_at_r"] == 0.25
+    assert len(flat) == 3 + 3 * 3 * 2 + 2 * 3 + 2 + 1
+    older = flat_test_metrics({"clean": metric, "replaced": drawn})  # a metrics.json without the conditions
+    assert set(older) == {k for k in flat if k.startswith(("test_clean", "test_replaced"))}
