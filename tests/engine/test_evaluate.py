@@ -104,12 +104,15 @@ def test_evaluate_and_report_stage_outputs(tiny_project):
 
 
 def test_untrained_references_are_the_untouched_starting_point(tiny_project):
-    params = load_params(write_params(tiny_project, {"train": {"epochs": 1}, "eval": {"replaced_draws": 1}}))
+    # Only clean and replaced: the conditions are covered by the stage test above.
+    params = load_params(write_params(tiny_project, {"train": {"epochs": 1},
+                                                     "eval": {"replaced_draws": 1, "conditions": [], "worst_of_k": 0}}))
     layout = Layout(tiny_project)
     for mode in ("base", "bgaugment"):
         fit(params, layout, mode, progress=False)
     report = evaluate_trained(params, layout, progress=False)
     assert set(report["untrained"]) == {"initialised", "pooled_features"}
+    assert set(report["untrained"]["initialised"]) == {"clean", "replaced"}
 
     # Rebuilt independently of any checkpoint: the seeded start that training began from.
     setup, test_set, _ = load_test_split(params, layout)
