@@ -2,7 +2,8 @@
 `outputs/bias_curve/<curve>/<value>/` laid out like a project (outputs/, reports/):
 
 - `bg_correlation`: the synthetic set re-rendered with that share of home backgrounds, its
-  index and masks, both modes trained, evaluated under every test condition;
+  index and masks, both modes trained (with the loss's documented values and
+  `loss_params.overrides`, not tuned ones), evaluated under every test condition;
 - `bgaugment_p`: BGAugment trained on the default data (the project's index, masks and
   pools) with that probability, evaluated likewise.
 
@@ -44,9 +45,11 @@ def correlation_point(params: Params, layout: Layout, name: str, progress: bool 
     point = PointLayout(layout.curve_point("bg_correlation", name), project=layout.root)
     _fresh(point)
     dataset = synthetic.model_copy(update={"root": point.synthetic / "images", "gt_masks": point.synthetic / "masks"})
+    # The loss's documented values (+ overrides), never tuned ones: those belong to `dataset`.
     params = params.model_copy(update={
         "dataset": SYNTHETIC, "datasets": {SYNTHETIC: dataset},
-        "synthetic": params.synthetic.model_copy(update={"bg_correlation": value})})
+        "synthetic": params.synthetic.model_copy(update={"bg_correlation": value}),
+        "loss_params": params.loss_params.model_copy(update={"source": "paper"})})
     stages.synthetic(params, point)
     stages.index(params, point)
     if params.bias_curve.masks == "ground_truth":
