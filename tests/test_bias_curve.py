@@ -23,7 +23,7 @@ def _snapshot(root):
 def test_two_point_curve_writes_only_its_own_folders(tiny_project):
     params = load_params(write_params(tiny_project, {
         "train": {"epochs": 1, "iterations_per_epoch": 1},
-        "eval": {"replaced_draws": 1, "worst_of_k": 1},
+        "eval": {"replaced_draws": 1, "worst_of_k": 1, "conditions": ["only_bg", "mixed_same", "mixed_rand"]},
         "bias_curve": {"bg_correlation": [0.0, 1.0], "bgaugment_p": [0.5]}}))
     layout = Layout(tiny_project)
     before = _snapshot(tiny_project)
