@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from outputs/train/<dataset>/<mode>/last.pt if it is an unfinished run "
                         "of the same configuration (else start from scratch)")
-    tracked_stage("evaluate", "stage: test MAP@R / P@1 / R-Precision, clean and replaced backgrounds", cmd_evaluate)
+    tracked_stage("evaluate", "stage: test MAP@R / P@1 / R-Precision: clean, replaced and background-swap "
+                  "conditions, BG-gap, worst-of-K", cmd_evaluate)
     tracked_stage("attribute", "stage: SmoothGrad saliency, attention scores, picture grid", cmd_attribute)
     p = tracked_stage("tune", "Optuna study of a loss's hyperparameters (val MAP@R of base training)", cmd_tune)
     p.add_argument("--loss", choices=("contrastive", "triplet", "multi_similarity", "arcface", "normalized_softmax"),
