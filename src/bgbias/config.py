@@ -159,6 +159,10 @@ class MasksConfig(Section):
     # Processes; each uses cpu_count // workers ONNX threads. 1 is fastest on 2 cores
     # because decode/encode threads already overlap the model (benchmarks/masks.py).
     workers: PositiveInt = 1
+    # onnxruntime (CPU, one image at a time) or the torch port (batched; CUDA: GPU decoding,
+    # bf16); auto: torch where CUDA is available, else onnxruntime. Same masks (data/masks_torch.py).
+    backend: Literal["auto", "onnxruntime", "torch"] = "auto"
+    batch_size: PositiveInt = 16  # images per torch batch
 
 
 class MaskQualityConfig(Section):

@@ -77,7 +77,8 @@ def _masks(params: Params, layout: Layout) -> dict:
     _remove_unlisted(out_dir, {job.mask for job in jobs})
     model = asset_path(MODEL_NAME, params.assets_dir)
     start = time.perf_counter()
-    report = compute_masks(jobs, out_dir, model, workers=params.masks.workers)
+    report = compute_masks(jobs, out_dir, model, workers=params.masks.workers, backend=params.masks.backend,
+                           batch_size=params.masks.batch_size)
     seconds = time.perf_counter() - start
     if report.written:
         log.info("masks: %d written in %.1f s (%.2f images/s), %d already present",
