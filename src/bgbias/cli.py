@@ -259,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("synthetic", "stage: render the synthetic default dataset"),
         ("backgrounds", "stage: build the train/test background pools"),
         ("index", "stage: list, split and check the selected dataset"),
+        ("prepare", "stage: opt-in (prepare.enabled) decode-free train/val input, shorter side train.resize"),
     ):
         sub.add_parser(name, help=help_text).set_defaults(func=_stage(name))
 

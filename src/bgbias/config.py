@@ -165,6 +165,12 @@ class MasksConfig(Section):
     batch_size: PositiveInt = 16  # images per torch batch
 
 
+class PrepareConfig(Section):
+    # Store train/val images and masks once, shorter side train.resize, uint8, memory-mapped
+    # (data/prepared.py); training then reads them without decoding and crops on the device.
+    enabled: bool = False
+
+
 class MaskQualityConfig(Section):
     threshold: Annotated[Int, Field(ge=1, le=255)] = 128
 
@@ -303,6 +309,7 @@ class Params(Section):
     backgrounds: BackgroundsConfig = BackgroundsConfig()
     masks: MasksConfig = MasksConfig()
     mask_quality: MaskQualityConfig = MaskQualityConfig()
+    prepare: PrepareConfig = PrepareConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     loss_params: LossParamsConfig = LossParamsConfig()

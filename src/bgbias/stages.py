@@ -94,6 +94,22 @@ def _masks(params: Params, layout: Layout) -> dict:
     return summary
 
 
+def prepare(params: Params, layout: Layout) -> dict:
+    """Opt-in decode-free training input (data/prepared.py); disabled: a manifest saying so."""
+    from bgbias.data.prepared import prepare as store, write_disabled
+
+    if not params.prepare.enabled:
+        return write_disabled(layout.prepared(params.dataset))
+    dataset_index = DatasetIndex.read(layout.index_csv(params.dataset), params.selected.root)
+    start = time.perf_counter()
+    manifest = store(dataset_index, layout.masks(params.dataset), layout.prepared(params.dataset),
+                     params.train.resize)
+    for split, info in manifest["splits"].items():
+        log.info("prepared %s: %d images, %.1f MB", split, info["images"], info["bytes"] / 1e6)
+    log.info("prepare: %.1f s", time.perf_counter() - start)
+    return manifest
+
+
 def _remove_unlisted(out_dir: Path, expected: set[Path]) -> None:
     """Drop masks of images no longer in the index (the folder persists between runs)."""
     if not out_dir.is_dir():
