@@ -78,19 +78,21 @@ def postprocess_tensor(prediction: torch.Tensor, size: tuple[int, int]) -> torch
     return resize_lanczos(scaled.to(torch.uint8), size)
 
 
-def _decode_on_device(jobs: list[MaskJob], data: list[bytes | None], device: torch.device) -> list:
-    """uint8 (3, H, W) tensors on `device`, or the exception of each image that failed."""
+def _decode_on_device(jobs: list[MaskJob], data: list[bytes | np.ndarray], device: torch.device) -> list:
+    """uint8 (3, H, W) tensors on `device`, or the exception of each image that failed.
+    `data`: a JPEG file's bytes (decoded here, on the device) or an image Pillow decoded."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    out: list = [None] * len(jobs)
-    jpegs = [i for i, d in enumerate(data) if d is not None]
+    out: list = [torch.from_numpy(d).permute(2, 0, 1).to(device) if isinstance(d, np.ndarray) else None
+                 for d in data]
+    jpegs = [i for i, d in enumerate(data) if isinstance(d, bytes)]
     if jpegs:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torchvision's deprecation notice, once per batch
             try:
                 decoded = decode_jpeg([torch.frombuffer(data[i], dtype=torch.uint8) for i in jpegs],
                                       mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
-            except RuntimeError:  # one file in the batch it cannot decode (CMYK, progressive...): Pillow for all
+            except (RuntimeError, ValueError):  # a file in the batch it cannot decode (CMYK, corrupt...): Pillow for these
                 decoded = [None] * len(jpegs)
         for i, image in zip(jpegs, decoded):
             out[i] = image
@@ -103,9 +105,11 @@ def _decode_on_device(jobs: list[MaskJob], data: list[bytes | None], device: tor
     return out
 
 
-def _read(job: MaskJob) -> bytes | None:
-    """The file's bytes when the GPU can decode it (JPEG), else None (Pillow decodes it)."""
-    return job.image.read_bytes() if job.image.suffix.lower() in JPEG_EXTENSIONS else None
+def _read(job: MaskJob) -> bytes | np.ndarray:
+    """On a loader thread: a JPEG file's bytes (the GPU decodes them), else the image decoded by Pillow."""
+    if job.image.suffix.lower() in JPEG_EXTENSIONS:
+        return job.image.read_bytes()
+    return np.array(load_rgb(job.image))
 
 
 def _load_host(job: MaskJob) -> tuple[np.ndarray, tuple[int, int]]:
