@@ -100,3 +100,10 @@ def test_stale_or_disabled_store_is_refused(store):
     with pytest.raises(BgbiasError, match="enabled=False"):
         open_split(root / "prepared", index.split("train"), "train", 32)
     assert json.loads((root / "prepared" / MANIFEST).read_text()) == {"enabled": False}
+
+
+def test_unreadable_image_is_a_one_line_error(store):
+    index, root = store
+    (root / "images" / "val" / "1.png").write_bytes(b"not an image")
+    with pytest.raises(BgbiasError, match=r"val/1.png: cannot be read"):
+        prepare(index, root / "masks", root / "again", resize=32)

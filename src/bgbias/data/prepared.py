@@ -38,11 +38,17 @@ def write_split(dataset: MaskedImageDataset, resize: int, out_dir: Path, split: 
     shrink = v2.Resize(resize, antialias=True)  # the eval transform's first step, bit for bit
     table = np.zeros((len(dataset), 3), dtype=np.int64)
 
+    def load(i: int) -> torch.Tensor:
+        try:
+            return shrink(dataset.load(i)).as_subclass(torch.Tensor)
+        except (OSError, ValueError) as exc:  # changed since the index checked it
+            raise BgbiasError(f"{dataset.root / dataset.samples[i].path}: cannot be read ({exc}); "
+                              "run `dvc repro index` again") from None
+
     def write(tmp: Path) -> None:
         offset = 0
         with open(tmp, "wb") as out, ThreadPoolExecutor(threads) as pool:
-            for i, x in enumerate(pool.map(lambda j: shrink(dataset.load(j)).as_subclass(torch.Tensor),
-                                           range(len(dataset)))):
+            for i, x in enumerate(pool.map(load, range(len(dataset)))):
                 out.write(x.contiguous().numpy().tobytes())
                 table[i] = (offset, x.shape[1], x.shape[2])
                 offset += x.numel()
