@@ -210,14 +210,21 @@ def _worker(args: tuple[list[MaskJob], Path, int]) -> list[tuple[MaskJob, str | 
     return list(run_pipelined(jobs, U2netpMasker(model_path, threads)))
 
 
+def _cuda_available() -> bool:
+    # No NVIDIA driver loaded: no CUDA, known without importing torch (seconds per process).
+    if not Path("/proc/driver/nvidia").exists() and not any(Path("/dev").glob("nvidia[0-9]*")):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def resolve_engine(backend: str, device: str | None) -> tuple[str, str]:
     """(backend, device) to use for `backend` auto | onnxruntime | torch and `device` None
     (CUDA where available) | cpu | cuda."""
     if backend == "onnxruntime" and device in (None, "cpu"):
-        return backend, "cpu"  # without importing torch (seconds of start-up per process)
-    import torch
-
-    cuda = torch.cuda.is_available()
+        return backend, "cpu"
+    cuda = _cuda_available()
     if device == "cuda" and not cuda:
         raise BgbiasError("masks: device cuda was asked for, but torch sees no CUDA device")
     device = device or ("cuda" if cuda else "cpu")
