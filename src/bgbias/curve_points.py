@@ -49,7 +49,8 @@ def correlation_point(params: Params, layout: Layout, name: str, progress: bool 
     params = params.model_copy(update={
         "dataset": SYNTHETIC, "datasets": {SYNTHETIC: dataset},
         "synthetic": params.synthetic.model_copy(update={"bg_correlation": value}),
-        "loss_params": params.loss_params.model_copy(update={"source": "paper"})})
+        "loss_params": params.loss_params.model_copy(update={"source": "paper"}),
+        "prepare": params.prepare.model_copy(update={"enabled": False})})  # no decode-free store per point
     stages.synthetic(params, point)
     stages.index(params, point)
     if params.bias_curve.masks == "ground_truth":

@@ -135,3 +135,6 @@ class PointLayout(Layout):
 
     def masks(self, dataset: str) -> Path:
         return super().masks(dataset) if self.own_data else Layout(self.project).masks(dataset)
+
+    def prepared(self, dataset: str) -> Path:
+        return super().prepared(dataset) if self.own_data else Layout(self.project).prepared(dataset)
