@@ -106,7 +106,7 @@ def correlation_figure(rows: list[dict], path: Path) -> None:
         axes[0].plot(x, [100 * r[f"{mode}_relative_drop"] for r in rows], marker="o", label=mode)
         axes[1].plot(x, [100 * r[f"{mode}_bg_gap"] for r in rows], marker="o", label=mode)
     axes[0].set_ylabel("relative MAP@R drop, replaced (%)")
-    axes[1].set_ylabel("BG-gap: mixed_same - mixed_rand MAP@R (pts)")
+    axes[1].set_ylabel("BG-gap, mixed_same - mixed_rand (pts)")
     for ax in axes:
         ax.set_xlabel("bg_correlation (share of home backgrounds)")
         ax.axhline(0, color="grey", lw=0.5)
