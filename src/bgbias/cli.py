@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("query", help="nearest test images of IMAGE... under a registered model, and a contact sheet")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--model", required=True,
-                   help="models:/NAME@ALIAS or models:/NAME/VERSION, e.g. models:/bgbias-synthetic-multi_similarity@base")
+                   help="models:/NAME@ALIAS or models:/NAME/VERSION, e.g. "
+                        "models:/bgbias-synthetic-multi_similarity@base")
     p.add_argument("--k", type=int, default=8, help="neighbours per query (default 8)")
     p.add_argument("--out", default="outputs/query/contact_sheet.png", help="contact sheet PNG")
     p.set_defaults(func=cmd_query)

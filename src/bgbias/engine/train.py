@@ -285,8 +285,9 @@ def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bo
         if not state.get("finished"):  # no epoch ran (nothing left to train): mark it finished now
             state["finished"] = True
             save_checkpoint(last_path, _last_state(state, run.model, run.loss, run.optimizer, fingerprint))
+        served = served_model(run, params) if target.register_model else None
         result = _finish(state, mode, params, target.report or layout.train_report(mode), run.selection,
-                         stopped_early, tracker, best_path, served_model(run, params) if target.register_model else None)
+                         stopped_early, tracker, best_path, served)
     ddp.barrier()
     return result
 
