@@ -42,7 +42,7 @@ def registered(prepared_data, tmp_path_factory) -> Path:
     """A tiny project whose base training (1 epoch) logged and registered its model."""
     root = tmp_path_factory.mktemp("served") / "project"
     shutil.copytree(prepared_data, root)
-    params = load_params(write_params(root, {"train": {"epochs": 1}}))
+    params = load_params(write_params(root, {"train": {"epochs": 1, "device": "cpu"}}))  # evaluation on CPU too
     fit(params, Layout(root), "base", MlflowTracker.for_project(root), progress=False)
     return root
 
@@ -56,6 +56,11 @@ def evaluation_embeddings(root: Path) -> tuple[np.ndarray, np.ndarray, list, np.
     embeddings, labels = embed(model, DataLoader(test_set, batch_size=16), setup, progress=False)
     raw = np.stack([np.asarray(load_rgb(test_set.root / s.path)) for s in test_set.samples])
     return embeddings, labels, test_set.samples, raw
+
+
+@pytest.fixture(autouse=True)
+def served_on_cpu(monkeypatch):
+    monkeypatch.setenv("BGBIAS_DEVICE", "cpu")  # as the evaluation here (on CUDA it runs in bf16)
 
 
 def test_registered_model_embeds_as_evaluation_does(registered):
@@ -155,7 +160,8 @@ def _free_port() -> int:
 def test_mlflow_models_serve_answers_with_the_local_embeddings(registered, tmp_path):
     expected, _, _, raw = evaluation_embeddings(registered)
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(registered), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(registered), "HF_HUB_OFFLINE": "1",
+           "BGBIAS_DEVICE": "cpu"}
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", f"models:/{NAME}@base", "--env-manager",

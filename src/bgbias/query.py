@@ -71,7 +71,7 @@ def embed_images(embed: Embed, images: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-def test_embeddings(embed: Embed, model_key: str, index: DatasetIndex, index_csv: Path,
+def split_embeddings(embed: Embed, model_key: str, index: DatasetIndex, index_csv: Path,
                     cache_dir: Path) -> tuple[np.ndarray, list[Sample]]:
     """The test split's embeddings, from `cache_dir/<model key>-<index digest>.npy` when there."""
     samples = index.split("test")
@@ -111,7 +111,7 @@ def run_query(embed: Embed, model_key: str, images: Sequence[Path], index: Datas
     if k < 1:
         raise BgbiasError(f"--k must be at least 1 (got {k})")
     queries = [read_query(Path(p)) for p in images]  # all checked before the (slow) test split is embedded
-    embeddings, samples = test_embeddings(embed, model_key, index, index_csv, cache_dir)
+    embeddings, samples = split_embeddings(embed, model_key, index, index_csv, cache_dir)
     by_sha1 = {s.sha1: s for s in index.samples if s.sha1}
     query_embeddings = embed_images(embed, [image for image, _ in queries])
     return [nearest(Path(path), query, embeddings, samples, k, sha1, by_sha1)

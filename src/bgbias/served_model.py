@@ -11,11 +11,13 @@ and the model settings, so it loads offline (no ImageNet weights, no hub).
 
 Input: uint8 [B, H, W, 3] (one size per call; RGB, as PIL or numpy images come).
 Output: float32 [B, embedding_dim], each row of unit length.
+Device: CUDA when there is one, else CPU; `BGBIAS_DEVICE=cpu|cuda` chooses (read at load).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +57,8 @@ class ServedEmbedder:
         from bgbias.models import create_model
 
         self.settings = read_settings(folder)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device or os.environ.get("BGBIAS_DEVICE")
+                                   or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = create_model(ModelConfig.model_validate(self.settings["model"]), Path("."), pretrained=False)
         model.load_state_dict(safe_load(Path(folder) / WEIGHTS, "model weights"))
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()

@@ -317,8 +317,8 @@ class MlflowTracker:
                                                                                      dataset["context"])])])
 
     def _log_model(self, run_id: str, op: dict) -> None:
-        import numpy as np
         import mlflow
+        import numpy as np
         from mlflow.models import Model, ModelSignature
         from mlflow.types import Schema, TensorSpec
 
