@@ -62,7 +62,7 @@ def attribute_trained(params: Params, layout: Layout, tracker: Tracker | None = 
                  report["modes"][mode]["clean"]["mean"], report["modes"][mode]["clean"]["std"],
                  report["modes"][mode]["replaced"]["mean"], report["modes"][mode]["replaced"]["std"], len(chosen))
     write_json(layout.attention_report, report)
-    figure = layout.reports / "figures" / "attribution.png"
+    figure = layout.run_reports / "figures" / "attribution.png"
     attribution_grid(pictures, min(cfg.figure_rows, len(chosen)), figure)
     for mode in MODES:
         if attach_training_run(tracker, layout, params.dataset, mode):
