@@ -73,3 +73,19 @@ def test_served_embedder_refuses_other_inputs(tiny_project, tmp_path):
         served.predict(np.zeros((1, 40, 40, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="uint8 images of shape"):
         served.predict(np.zeros((40, 40, 3), dtype=np.uint8))
+
+
+def test_registry_name_and_alias_of_a_training(tiny_project):
+    from types import SimpleNamespace
+
+    from bgbias.engine.train import served_model
+
+    params = load_params(write_params(tiny_project))
+    item = torch.arange(4 * 32 * 32, dtype=torch.int64).remainder(256).to(torch.uint8).view(4, 32, 32)
+    run = SimpleNamespace(mode="bgaugment", val_set=[(item, 0, 0), (item, 0, 1), (item, 1, 2)])
+    study = served_model(run, params, Layout(tiny_project))
+    assert (study["registered_name"], study["alias"]) == ("bgbias-synthetic-multi_similarity", "bgaugment")
+    assert study["example"].shape == (2, 32, 32, 3) and study["example"].dtype == np.uint8
+    assert np.array_equal(study["example"][0], item[:3].permute(1, 2, 0).numpy())  # RGB, mask channel dropped
+    # A run of the seeds pipeline leaves the default study's aliases alone.
+    assert served_model(run, params, Layout(tiny_project).for_seed(2))["alias"] == "bgaugment-seed2"

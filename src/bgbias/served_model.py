@@ -37,7 +37,7 @@ def write_model_data(best: dict, resize: int, crop: int, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(best["model"], folder / WEIGHTS)
     settings = {"model": config["model"], "resize": resize, "crop": crop, "dataset": config["dataset"],
-                "loss": config["loss"], "mode": config["mode"], "epoch": int(best["epoch"]),
+                "loss": config["loss"], "mode": config["mode"], "seed": config.get("seed"), "epoch": int(best["epoch"]),
                 "selection": best["selection"], "selection_value": float(best["metric"])}
     (folder / SETTINGS).write_text(json.dumps(settings, indent=2), encoding="utf-8")
     return folder

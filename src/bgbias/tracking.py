@@ -335,7 +335,8 @@ class MlflowTracker:
         if not code.exists():
             shutil.copytree(Path(bgbias.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__"))
         tags = {"mode": settings["mode"], "dataset": settings["dataset"], "loss": settings["loss"],
-                "epoch": str(settings["epoch"]), settings["selection"]: f"{settings['selection_value']:.6f}"}
+                "seed": str(settings["seed"]), "epoch": str(settings["epoch"]),
+                settings["selection"]: f"{settings['selection_value']:.6f}"}
         experiment_id = self.client.get_run(run_id).info.experiment_id
         # The logged model is created here, in the run's experiment (MLflow would use the
         # process's current experiment), then filled by Model.log.

@@ -129,11 +129,14 @@ def dataset_input(params: Params, layout: Layout, inputs: dict[str, str]) -> dic
             "columns": ["path", "class_id", "class_name", "split", "sha1"]}
 
 
-def served_model(run: Run, params: Params) -> dict:
-    """How `_finish` logs the best model: its registry name, alias and input example (the
-    first two validation images as evaluation feeds them, uint8 [2, crop, crop, 3])."""
+def served_model(run: Run, params: Params, layout: Layout) -> dict:
+    """How `_finish` logs the best model: its registry name, alias (the mode; `<mode>-seedN`
+    for a run of the seeds pipeline, so it leaves the default study's aliases alone) and
+    input example (the first two validation images as evaluation feeds them, uint8
+    [2, crop, crop, 3])."""
     example = np.stack([run.val_set[i][0][:3].permute(1, 2, 0).numpy() for i in range(min(2, len(run.val_set)))])
-    return {"registered_name": f"bgbias-{params.dataset}-{params.loss}", "alias": run.mode, "example": example,
+    alias = run.mode if layout.seed_run is None else f"{run.mode}-seed{layout.seed_run}"
+    return {"registered_name": f"bgbias-{params.dataset}-{params.loss}", "alias": alias, "example": example,
             "resize": params.train.resize, "crop": params.train.crop}
 
 
@@ -285,7 +288,7 @@ def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bo
         if not state.get("finished"):  # no epoch ran (nothing left to train): mark it finished now
             state["finished"] = True
             save_checkpoint(last_path, _last_state(state, run.model, run.loss, run.optimizer, fingerprint))
-        served = served_model(run, params) if target.register_model else None
+        served = served_model(run, params, layout) if target.register_model else None
         result = _finish(state, mode, params, target.report or layout.train_report(mode), run.selection,
                          stopped_early, tracker, best_path, served)
     ddp.barrier()
