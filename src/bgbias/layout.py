@@ -59,6 +59,9 @@ class Layout:
     def masks(self, dataset: str) -> Path:
         return self.outputs / "masks" / dataset
 
+    def prepared(self, dataset: str) -> Path:
+        return self.outputs / "prepared" / dataset
+
     @property
     def masks_report(self) -> Path:
         return self.reports / "masks.json"
