@@ -200,6 +200,24 @@ def cmd_bias_curve(args: argparse.Namespace) -> None:
         print(f"{curve}: {len(points)} points")
 
 
+def cmd_query(args: argparse.Namespace) -> None:
+    from bgbias.data.datasets import DatasetIndex
+    from bgbias.query import contact_sheet, format_results, run_query
+    from bgbias.tracking import load_registered_model, tracking_uri
+
+    params, layout = _params(args)
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:  # before the model loads (seconds)
+        raise BgbiasError(f"query image not found: {missing[0]}")
+    index_csv = layout.index_csv(params.dataset)
+    index = DatasetIndex.read(index_csv, params.selected.root)
+    model, key = load_registered_model(args.model, params.tracking.uri or tracking_uri(layout.root))
+    results = run_query(model.predict, key, [Path(p) for p in args.images], index, index_csv,
+                        layout.outputs / "query" / "cache", args.k)
+    print(format_results(results))
+    print(f"contact sheet: {contact_sheet(results, index.root, Path(args.out))}")
+
+
 def cmd_seeds_table(args: argparse.Namespace) -> None:
     from bgbias.report import seeds_table
 
@@ -345,6 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_curve_point)
     sub.add_parser("bias-curve", help="reports/bias_curve/: the curves from their points (CSV, JSON, PNG)"
                    ).set_defaults(func=cmd_bias_curve)
+    p = sub.add_parser("query", help="nearest test images of IMAGE... under a registered model, and a contact sheet")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", required=True,
+                   help="models:/NAME@ALIAS or models:/NAME/VERSION, e.g. "
+                        "models:/bgbias-synthetic-multi_similarity@base")
+    p.add_argument("--k", type=int, default=8, help="neighbours per query (default 8)")
+    p.add_argument("--out", default="outputs/query/contact_sheet.png", help="contact sheet PNG")
+    p.set_defaults(func=cmd_query)
+
     p = sub.add_parser("seeds-table", help="Table 1 as mean ± std over several runs' metrics.json (training seeds)")
     p.add_argument("metrics", nargs="+", help="reports/metrics.json of each run")
     p.set_defaults(func=cmd_seeds_table)
