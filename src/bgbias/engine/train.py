@@ -130,7 +130,8 @@ def dataset_input(params: Params, layout: Layout, inputs: dict[str, str]) -> dic
     profile = {**{f"{split}_{k}": v for split, counts in summary["splits"].items() for k, v in counts.items()},
                "index_sha1": inputs["index"], "masks_sha1": inputs["masks"]}
     return {"name": params.dataset, "digest": digest, "context": "training", "profile": profile,
-            "source": index_csv.relative_to(layout.root).as_posix(),
+            # relpath: a bias-curve point's index may sit outside its own root (layout.PointLayout)
+            "source": Path(os.path.relpath(index_csv, layout.root)).as_posix(),
             "columns": ["path", "class_id", "class_name", "split", "sha1"]}
 
 
