@@ -1,25 +1,65 @@
 """Where each stage writes, relative to the project root (the folder of params.yaml).
 
 Stage outputs live outside `data/`, which data.dvc owns.
+
+A study of its own (`study`, e.g. the paper grid of pipelines/paper/) writes under
+`outputs/<study>/` and `reports/<study>/` (below `base`, shared storage, when given), so it
+never touches the default study's files. Within it, `dataset` scopes the per-dataset files
+(input manifests, masks report) and `cell` = (loss, mode) gives a grid cell folders of its
+own: `outputs/<study>/cells/<dataset>/<loss>/<mode>/{train,eval}/` and
+`reports/<study>/cells/<dataset>/<loss>/<mode>/`, so no cell overwrites another's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
 @dataclass(frozen=True)
 class Layout:
     root: Path
+    study: str | None = None
+    base: Path | None = None  # where outputs/ and reports/ live (default: root)
+    dataset: str | None = None
+    cell: tuple[str, str] | None = None  # (loss, mode) of a grid cell of `dataset`
 
     @property
     def outputs(self) -> Path:
-        return self.root / "outputs"
+        folder = (self.base or self.root) / "outputs"
+        return folder / self.study if self.study else folder
 
     @property
     def reports(self) -> Path:
-        return self.root / "reports"
+        folder = (self.base or self.root) / "reports"
+        return folder / self.study if self.study else folder
+
+    @property
+    def figures(self) -> Path:
+        return self._cell_reports / "figures" if self.cell else self.reports / "figures"
+
+    def for_dataset(self, dataset: str) -> Layout:
+        return replace(self, dataset=dataset, cell=None)
+
+    def for_cell(self, dataset: str, loss: str, mode: str) -> Layout:
+        return replace(self, dataset=dataset, cell=(loss, mode))
+
+    @property
+    def cell_id(self) -> str:
+        """`<dataset>/<loss>/<mode>`: the cell's name everywhere (CLI, folders, MLflow tag)."""
+        return f"{self.dataset}/{self.cell[0]}/{self.cell[1]}"
+
+    @property
+    def _cell_outputs(self) -> Path:
+        return self.outputs / "cells" / self.cell_id
+
+    @property
+    def _cell_reports(self) -> Path:
+        return self.reports / "cells" / self.cell_id
+
+    def _check_cell(self, dataset: str, mode: str) -> None:
+        if self.cell and (dataset, mode) != (self.dataset, self.cell[1]):
+            raise ValueError(f"cell {self.cell_id} has no files of {dataset}/{mode}")
 
     @property
     def synthetic(self) -> Path:
@@ -31,7 +71,8 @@ class Layout:
 
     def input_manifest(self, name: str) -> Path:
         """outputs/inputs/<name>.json: the digest of an input from outside the pipeline (inputs.py)."""
-        return self.outputs / "inputs" / f"{name}.json"
+        folder = self.outputs / "inputs"
+        return (folder / self.dataset if self.dataset else folder) / f"{name}.json"
 
     def index_csv(self, dataset: str) -> Path:
         return self.outputs / "index" / f"{dataset}.csv"
@@ -41,28 +82,34 @@ class Layout:
 
     @property
     def masks_report(self) -> Path:
-        return self.reports / "masks.json"
+        return self.reports / "masks" / f"{self.dataset}.json" if self.dataset else self.reports / "masks.json"
 
     @property
     def mask_quality_report(self) -> Path:
         return self.reports / "mask_quality.json"
 
     def train_dir(self, dataset: str, mode: str) -> Path:
+        if self.cell:
+            self._check_cell(dataset, mode)
+            return self._cell_outputs / "train"
         return self.outputs / "train" / dataset / mode
 
     def train_report(self, mode: str) -> Path:
+        if self.cell:
+            self._check_cell(self.dataset, mode)
+            return self._cell_reports / "train.json"
         return self.reports / "train" / f"{mode}.json"
 
     def eval_dir(self, dataset: str) -> Path:
-        return self.outputs / "eval" / dataset
+        return self._cell_outputs / "eval" if self.cell else self.outputs / "eval" / dataset
 
     @property
     def metrics_report(self) -> Path:
-        return self.reports / "metrics.json"
+        return self._cell_reports / "metrics.json" if self.cell else self.reports / "metrics.json"
 
     @property
     def attention_report(self) -> Path:
-        return self.reports / "attention.json"
+        return self._cell_reports / "attention.json" if self.cell else self.reports / "attention.json"
 
     def tuned_params(self, dataset: str, loss: str) -> Path:
         return self.root / "params" / "tuned" / dataset / f"{loss}.yaml"

@@ -83,7 +83,9 @@ def evaluate_mode(model: Embedder, loader: DataLoader, setup: DeviceSetup, pool:
     return {"clean": clean, "replaced": summarize_draws(replaced)}
 
 
-def evaluate_trained(params: Params, layout: Layout, tracker: Tracker | None = None, progress: bool = True) -> dict:
+def evaluate_trained(params: Params, layout: Layout, tracker: Tracker | None = None, progress: bool = True,
+                     modes: tuple[str, ...] = MODES) -> dict:
+    """`modes`: the trainings to evaluate (a grid cell evaluates its own one)."""
     tracker = tracker or NullTracker()
     setup, test_set, pool = load_test_split(params, layout)
     loader = DataLoader(test_set, batch_size=params.eval.batch_size, shuffle=False, **setup.loader_options())
@@ -92,14 +94,14 @@ def evaluate_trained(params: Params, layout: Layout, tracker: Tracker | None = N
 
     report: dict = {"dataset": params.dataset, "loss": params.loss, "test_images": len(test_set),
                     "test_classes": test_set.num_classes, "replaced_draws": len(draws), "modes": {}}
-    trained = {mode: load_trained(params, layout, mode, setup.device) for mode in MODES}
+    trained = {mode: load_trained(params, layout, mode, setup.device) for mode in modes}
     for mode, (model, _) in trained.items():
         report["modes"][mode] = _evaluate_logged(mode, model, loader, setup, pool, draws, progress)
     report["untrained"] = {name: _evaluate_logged(f"untrained ({name})", model, loader, setup, pool, draws, progress)
-                           for name, model in untrained_references(trained["base"][1], params, setup.device).items()}
+                           for name, model in untrained_references(trained[modes[0]][1], params, setup.device).items()}
     flat = {f"untrained_{name}_{k}": v for name, result in report["untrained"].items()
             for k, v in flat_test_metrics(result, prefix="test").items()}
-    for mode in MODES:
+    for mode in modes:
         if attach_training_run(tracker, layout, params.dataset, mode):
             tracker.log_metrics({**flat_test_metrics(report["modes"][mode]), **flat})
     write_json(layout.metrics_report, report)

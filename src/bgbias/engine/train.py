@@ -108,10 +108,16 @@ def run_config(params: Params, mode: str, layout: Layout) -> dict:
     }
 
 
-def _fingerprint(config: dict, params: Params, layout: Layout) -> str:
+def training_fingerprint(params: Params, layout: Layout, mode: str, inputs: dict[str, str] | None = None) -> str:
+    """The fingerprint a run of `mode` with these params has (resume, grid cells); `inputs`:
+    `training_inputs` when already computed."""
+    return _fingerprint(run_config(params, mode, layout), params, layout, inputs)
+
+
+def _fingerprint(config: dict, params: Params, layout: Layout, inputs: dict[str, str] | None = None) -> str:
     """What a resumed run must share with the killed one: the config (tuned values included)
     and the content of every input (index, masks, background pools, backbone weights)."""
-    identity = {"config": config, "inputs": training_inputs(params, layout)}
+    identity = {"config": config, "inputs": inputs or training_inputs(params, layout)}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
