@@ -76,7 +76,7 @@ def grid_params(datasets: list[str], losses: list[str], modes: list[str]) -> dic
         "loss_params": {"source": "paper"},
         "tracking": {"uri": None},
         "train": {"epochs": 1, "iterations_per_epoch": 1, "batch_size": 4, "m_per_class": 2, "lr": 1e-4,
-                  "resize": 40, "crop": 32, "eval_batch_size": 16, "device": "cpu"},
+                  "resize": 40, "crop": 32, "eval_batch_size": 16, "device": "cpu", "workers": None},
         "eval": {"replaced_draws": 2},
         "attribution": {"images": 2, "batch_size": 2, "noisy_copies": 2, "figure_rows": 2},
     }

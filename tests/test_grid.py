@@ -13,8 +13,9 @@ import yaml
 
 from bgbias import cli
 from bgbias.errors import BgbiasError
-from bgbias.grid import Fingerprint, Grid, cell_status, fingerprint, dataset_inputs
+from bgbias.grid import Fingerprint, Grid, cell_status, dataset_inputs, fingerprint, grid_runs, statuses
 from bgbias.grid_report import TABLE1_VALUES, cell_results, pivot, table1_markdown
+from bgbias.tracking import MlflowTracker
 from tests.grid_project import grid_params, write_grid_params
 
 
@@ -113,7 +114,7 @@ def test_table1_pivot_from_hand_made_runs(grid):
               {"status": "done", "run_id": "r2"}, {"status": "missing", "run_id": None}]
     results = cell_results(cells, status, frame)
     assert len(results) == 3
-    table = pivot(results, TABLE1_VALUES)
+    table = pivot(results, TABLE1_VALUES, ["base", "bgaugment"])
     assert table.loc[("cub", "triplet"), ("drop", "base")] == pytest.approx(0.6)  # 1 - 0.2 / 0.5
     assert table.loc[("cub", "triplet"), ("drop", "bgaugment")] == pytest.approx(0.25)
     assert table.loc[("cub", "triplet"), ("vs_untrained", "base")] == pytest.approx(0.35)  # 0.50 - max(0.10, 0.15)
@@ -142,8 +143,6 @@ def prepared_grid(prepared_data, tmp_path):
 
 
 def _log_done_run(grid: Grid, cell, values: dict) -> None:
-    from bgbias.tracking import MlflowTracker
-
     tracker = MlflowTracker.for_project(grid.root)
     tags = {"grid_study": "paper", "grid_cell": cell.id, "grid_status": "done",
             **fingerprint(grid, cell, dataset_inputs(grid, cell.dataset)).tags()}
@@ -169,12 +168,12 @@ def test_grid_list_marks_a_cell_stale_after_its_params_change_and_report_reads_m
 
     write_grid_params(root, {**params, "eval": {"replaced_draws": 3}})  # evaluation settings: stale
     assert _list(root, capsys)["synthetic/triplet/base"] == "stale"
-    write_grid_params(root, {**params, "train": {**params["train"], "lr": 2e-4}})  # training settings: stale
-    assert _list(root, capsys)["synthetic/triplet/base"] == "stale"
-    write_grid_params(root, {**params, "attribution": {**params["attribution"], "images": 3}})
-    assert _list(root, capsys)["synthetic/triplet/base"] == "stale"
-    write_grid_params(root, params)  # back: done again
-    assert _list(root, capsys)["synthetic/triplet/base"] == "done"
+    runs = grid_runs(MlflowTracker.for_project(root))
+    for changed in ({"train": {**params["train"], "lr": 2e-4}}, {"attribution": {**params["attribution"], "images": 3}},
+                    {"seed": 2}, {}):  # the last: back to the params of the run, done again
+        status = statuses(load_grid(root, {**params, **changed}), [base], runs)[0]["status"]
+        assert status == ("stale" if changed else "done"), changed
+    write_grid_params(root, params)
 
     assert cli.main(["--params", str(root / "pipelines/paper/params.yaml"), "grid", "report"]) == 0
     results = (root / "reports/paper/results.md").read_text()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bgbias import stages
-from bgbias.config import Params, load_params
+from bgbias.config import Params
 from bgbias.errors import BgbiasError
 from bgbias.files import write_json
 from bgbias.inputs import training_inputs, write_manifests
@@ -67,8 +67,10 @@ class Grid:
     @classmethod
     def load(cls, params_path: Path | str = PARAMS_FILE, root: Path | None = None) -> Grid:
         """The grid's params file; its relative paths are the project's (as in its dvc.yaml)."""
+        from bgbias import config  # looked up at call time (tests record the params read)
+
         root = Path(root) if root else project_root(Path(params_path))
-        params = load_params(params_path, base=root)
+        params = config.load_params(params_path, base=root)
         if params.paper is None:
             raise BgbiasError(f"{params_path}: no `paper` section (the grid's datasets, losses and modes)")
         return cls(params, root)

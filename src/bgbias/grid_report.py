@@ -57,11 +57,11 @@ TABLE1_VALUES = ["clean", "replaced", "replaced_std", "drop", "p1_clean", "p1_re
 TABLE2_VALUES = ["attention_clean", "attention_clean_std", "attention_replaced", "attention_replaced_std"]
 
 
-def pivot(results: pd.DataFrame, values: list[str]) -> pd.DataFrame:
-    """Rows (dataset, loss), columns (value, mode): one pivot per table."""
+def pivot(results: pd.DataFrame, values: list[str], modes: list[str]) -> pd.DataFrame:
+    """Rows (dataset, loss), columns (value, mode) for every mode, done or not: one pivot per table."""
     table = results.pivot_table(index=["dataset", "loss"], columns="mode", values=values, aggfunc="first",
                                 dropna=False, sort=False)
-    return table.reindex(columns=values, level=0)
+    return table.reindex(columns=pd.MultiIndex.from_product([values, modes]))
 
 
 def _pct(value: float) -> str:
@@ -160,7 +160,7 @@ def write_grid_report(grid: Grid, cells: list[Cell], tracker: Tracker) -> Path:
     formats = {c.dataset: grid.params.datasets[c.dataset].format for c in cells}
     index = pd.MultiIndex.from_tuples(list(dict.fromkeys((c.dataset, c.loss) for c in cells)),
                                       names=["dataset", "loss"])
-    t1, t2 = (pivot(results, v).reindex(index) for v in (TABLE1_VALUES, TABLE2_VALUES))
+    t1, t2 = (pivot(results, v, modes).reindex(index) for v in (TABLE1_VALUES, TABLE2_VALUES))
     out = grid.layout.reports
     for name, table in (("table1", t1), ("table2", t2)):
         atomic_write(out / f"{name}.csv", lambda tmp, t=table: _flat(t).to_csv(tmp, index=False))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 
 from bgbias.engine.checkpoint import load_checkpoint
@@ -53,13 +54,17 @@ def run_cell(grid: Grid, cell: Cell, new_tracker: TrackerFactory, steps: tuple[s
         if "train" in steps:
             training = training_fingerprint(params, layout, cell.mode, inputs)  # evaluation settings aside
             with hold_folder(train_dir):  # one writer per cell, however many drivers run
-                if _finished_training(train_dir, training):
+                kept = train_dir / "report.json"  # the training's report, kept with its checkpoints
+                report = layout.train_report(cell.mode)
+                if _finished_training(train_dir, training) and kept.is_file():
                     log.info("cell %s: reusing its finished training in %s", cell.id, train_dir)
+                    shutil.copyfile(kept, report)
                 else:
                     target = RunTarget(experiment=EXPERIMENT, run_name=cell.id,
                                        tags={**tags, "grid_train_fingerprint": training, "grid_status": "training"})
                     result["train"] = fit(params, layout, cell.mode, new_tracker(), resume=True, progress=progress,
                                           target=target)
+                    shutil.copyfile(report, kept)
         if "evaluate" in steps:
             result["evaluate"] = evaluate_trained(params, layout, new_tracker(), progress, modes=(cell.mode,))
         if "attribute" in steps:
