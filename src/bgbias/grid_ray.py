@@ -31,19 +31,24 @@ def _tracker_factory(grid: Grid):
 
 # Task bodies: plain functions, wrapped by ray.remote at submission (no Ray at import).
 
+def _logging() -> None:
+    _logging()
+    for name in ("PML", "faiss.loader"):  # per-call chatter, as the CLI mutes it
+        logging.getLogger(name).setLevel(logging.WARNING)
+
 def _prepare_shared_task(params_path: str, root: str) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    _logging()
     prepare_shared(Grid.load(params_path, Path(root)))
 
 
 def _prepare_dataset_task(params_path: str, root: str, dataset: str, _shared: None) -> str:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    _logging()
     prepare_dataset(Grid.load(params_path, Path(root)), dataset)
     return dataset
 
 
 def _cell_task(params_path: str, root: str, cell_id: str, _dataset: str) -> str:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    _logging()
     grid = Grid.load(params_path, Path(root))
     return run_if_pending(grid, grid.select([cell_id])[0], _tracker_factory(grid), progress=False)
 
