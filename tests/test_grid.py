@@ -187,3 +187,16 @@ def test_grid_list_marks_a_cell_stale_after_its_params_change_and_report_reads_m
     assert table2.loc[0, "base_attention_clean"] == pytest.approx(0.3)
     assert (root / "reports/paper/figures/synthetic.png").stat().st_size > 1000
     assert yaml.safe_load((root / "pipelines/paper/params.yaml").read_text()) == params  # the report changed no params
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--shard", "two/3"], "--shard two/3: expected i/n"),
+    (["run", "--cell", "cub/hinge/base"], "no cell 'cub/hinge/base'"),
+    (["run", "train"], "grid run train: a step (train, evaluate, attribute) of one cell"),
+    (["prepare", "train"], "unknown preparation step 'train'"),
+])
+def test_grid_command_errors_are_one_line(grid, tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--params", "pipelines/paper/params.yaml", "grid", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1

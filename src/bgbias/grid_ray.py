@@ -32,9 +32,10 @@ def _tracker_factory(grid: Grid):
 # Task bodies: plain functions, wrapped by ray.remote at submission (no Ray at import).
 
 def _logging() -> None:
-    _logging()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     for name in ("PML", "faiss.loader"):  # per-call chatter, as the CLI mutes it
         logging.getLogger(name).setLevel(logging.WARNING)
+
 
 def _prepare_shared_task(params_path: str, root: str) -> None:
     _logging()

@@ -122,7 +122,7 @@ def bar_chart(table: pd.DataFrame, dataset: str, modes: list[str], path: Path) -
     losses = list(part.index)
     series = [(mode, cond) for mode in modes for cond in ("clean", "replaced")]
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.3 * len(losses), 3.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 + 1.3 * len(losses)), 3.2), dpi=100)
     for i, (mode, cond) in enumerate(series):
         values = [100 * part.loc[loss, (cond, mode)] if (cond, mode) in part.columns else np.nan for loss in losses]
         errors = [100 * part.loc[loss, ("replaced_std", mode)] if cond == "replaced" and
@@ -131,7 +131,7 @@ def bar_chart(table: pd.DataFrame, dataset: str, modes: list[str], path: Path) -
                yerr=np.nan_to_num(errors), label=f"{MODE_NAMES[mode]} {cond}", hatch="//" if cond == "replaced" else None)
     ax.set_xticks(np.arange(len(losses)), losses, fontsize=8)
     ax.set_ylabel("test MAP@R (%)")
-    ax.set_title(f"{dataset}: clean vs replaced backgrounds")
+    ax.set_title(f"{dataset}: clean vs replaced test backgrounds", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
