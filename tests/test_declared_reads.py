@@ -225,7 +225,7 @@ def make_project(tmp_path: Path) -> tuple[Path, Path]:
         (root / pipeline.relative_to(REPO)).parent.mkdir(parents=True)
         shutil.copy(pipeline, root / pipeline.relative_to(REPO))
     params = {
-        "dataset": "outside", "loss": "multi_similarity", "seed": 1, "data_seed": 2, "assets_dir": str(ASSETS),
+        "dataset": "outside", "loss": "multi_similarity", "seed": 1, "data_seed": 2, "seeds": [3], "assets_dir": str(ASSETS),
         "datasets": {"synthetic": {"format": "csv", "root": "outputs/synthetic/images",
                                    "gt_masks": "outputs/synthetic/masks"},
                      "outside": {"format": "csv", "root": "../outside/dataset", "gt_masks": "../outside/gt_masks"}},
@@ -332,6 +332,7 @@ def test_every_stage_declares_every_param_and_file_it_reads(tmp_path, monkeypatc
     paper = "pipelines/paper/dvc.yaml:"
     assert {f"{paper}masks@outside", f"{paper}train@outside-multi_similarity-base", f"{paper}attribute@outside-"
             "multi_similarity-base", f"{paper}report"} <= set(names)
+    assert {f"pipelines/seeds/dvc.yaml:{s}" for s in ("train@3-base", "evaluate@3", "attribute@3", "report")} <= set(names)
 
     recorder = install_params_recorder(monkeypatch)
     monkeypatch.setattr(cli, "_tracker", lambda *args, **kwargs: NullTracker())  # the MLflow store is no input

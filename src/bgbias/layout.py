@@ -1,6 +1,9 @@
 """Where each stage writes, relative to the project root (the folder of params.yaml).
 
-Stage outputs live outside `data/`, which data.dvc owns.
+Stage outputs live outside `data/`, which data.dvc owns. The shared inputs (synthetic set,
+backgrounds, index, masks) have one place; a training's outputs (checkpoints, evaluation,
+reports) have their own folders per run of the seeds pipeline (`seed_run`), so runs of
+several training seeds never overwrite one another.
 
 A study of its own (`study`, e.g. the paper grid of pipelines/paper/) writes under
 `outputs/<study>/` and `reports/<study>/` (below `base`, shared storage, when given), so it
@@ -19,10 +22,14 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Layout:
     root: Path
+    seed_run: int | None = None  # a run of pipelines/seeds: training seed N in outputs/seeds/seedN/
     study: str | None = None
     base: Path | None = None  # where outputs/ and reports/ live (default: root)
     dataset: str | None = None
     cell: tuple[str, str] | None = None  # (loss, mode) of a grid cell of `dataset`
+
+    def for_seed(self, seed: int) -> Layout:
+        return Layout(self.root, seed_run=seed)
 
     @property
     def outputs(self) -> Path:
@@ -36,7 +43,7 @@ class Layout:
 
     @property
     def figures(self) -> Path:
-        return self._cell_reports / "figures" if self.cell else self.reports / "figures"
+        return self._cell_reports / "figures" if self.cell else self.run_reports / "figures"
 
     def for_dataset(self, dataset: str) -> Layout:
         return replace(self, dataset=dataset, cell=None)
@@ -60,6 +67,19 @@ class Layout:
     def _check_cell(self, dataset: str, mode: str) -> None:
         if self.cell and (dataset, mode) != (self.dataset, self.cell[1]):
             raise ValueError(f"cell {self.cell_id} has no files of {dataset}/{mode}")
+
+    @property
+    def seeds_reports(self) -> Path:
+        """reports/seeds/: the seeds pipeline's summary over its runs (runs/seedN/ per run)."""
+        return self.reports / "seeds"
+
+    @property
+    def run_outputs(self) -> Path:
+        return self.outputs if self.seed_run is None else self.outputs / "seeds" / f"seed{self.seed_run}"
+
+    @property
+    def run_reports(self) -> Path:
+        return self.reports if self.seed_run is None else self.seeds_reports / "runs" / f"seed{self.seed_run}"
 
     @property
     def synthetic(self) -> Path:
@@ -92,24 +112,24 @@ class Layout:
         if self.cell:
             self._check_cell(dataset, mode)
             return self._cell_outputs / "train"
-        return self.outputs / "train" / dataset / mode
+        return self.run_outputs / "train" / dataset / mode
 
     def train_report(self, mode: str) -> Path:
         if self.cell:
             self._check_cell(self.dataset, mode)
             return self._cell_reports / "train.json"
-        return self.reports / "train" / f"{mode}.json"
+        return self.run_reports / "train" / f"{mode}.json"
 
     def eval_dir(self, dataset: str) -> Path:
-        return self._cell_outputs / "eval" if self.cell else self.outputs / "eval" / dataset
+        return self._cell_outputs / "eval" if self.cell else self.run_outputs / "eval" / dataset
 
     @property
     def metrics_report(self) -> Path:
-        return self._cell_reports / "metrics.json" if self.cell else self.reports / "metrics.json"
+        return self._cell_reports / "metrics.json" if self.cell else self.run_reports / "metrics.json"
 
     @property
     def attention_report(self) -> Path:
-        return self._cell_reports / "attention.json" if self.cell else self.reports / "attention.json"
+        return self._cell_reports / "attention.json" if self.cell else self.run_reports / "attention.json"
 
     def tuned_params(self, dataset: str, loss: str) -> Path:
         return self.root / "params" / "tuned" / dataset / f"{loss}.yaml"

@@ -6,6 +6,8 @@
   an flock on `.<name>.lock` beside the folder (inside it, DVC would count the file as part
   of the stage's output); the kernel drops it when its holder dies, however it dies, so a
   stale file never blocks. Only the process that writes takes it (rank 0 under torchrun).
+- `pid_alive`: whether a process of this machine still runs (a dead writer's leftovers are
+  taken over: unsent tracking updates, a killed tuning worker's trial).
 - `die_with_parent`: on Linux the kernel sends this process SIGTERM when its parent exits.
   The CLI arms it for stage commands run by DVC (which sets DVC_STAGE, and whose `$SHELL -c`
   is bash or zsh, which run the command in place, so the parent is DVC itself): killing
@@ -63,3 +65,17 @@ def die_with_parent() -> None:
     # A parent that died before this call goes unnoticed; the folder lock still stops a double.
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def pid_alive(pid: object) -> bool:
+    """A process with this PID exists on this machine (another user's counts). This process
+    itself counts as not alive: what it left behind is from an earlier life of its PID."""
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -76,8 +76,9 @@ def seeds_table(runs: list[dict]) -> str:
 
     per_run = [rows(m) for m in runs]
     lines = [
-        "| mode | MAP@R clean | MAP@R replaced | relative drop | P@1 clean | P@1 replaced | seeds |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | MAP@R clean | MAP@R replaced | relative drop | P@1 clean | P@1 replaced | seeds "
+        "| replaced: std over draws (mean over seeds) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(values: list[float], scale: float = 100.0, unit: str = "") -> str:
@@ -90,8 +91,95 @@ def seeds_table(runs: list[dict]) -> str:
         drops = [relative_drop(c, x) for c, x in zip(clean, replaced)]
         lines.append(f"| {label} | {cell(clean)} | {cell(replaced)} | {cell(drops, unit=' %')} | "
                      f"{cell([r['clean']['precision_at_1'] for r in results])} | "
-                     f"{cell([r['replaced']['precision_at_1']['mean'] for r in results])} | {len(results)} |")
+                     f"{cell([r['replaced']['precision_at_1']['mean'] for r in results])} | {len(results)} | "
+                     f"{100 * np.mean([r['replaced']['map_at_r']['std'] for r in results]):.1f} |")
     return "\n".join(lines)
+
+
+def seeds_attention_table(attention: list[dict]) -> str:
+    """Table 2 over training seeds: each seed's mean attention score, then mean ± std over seeds."""
+    import numpy as np
+
+    lines = ["| mode | attention clean | on replaced backgrounds | seeds |", "|---|---|---|---|"]
+    for mode in attention[0]["modes"]:
+        scores = {c: [a["modes"][mode][c]["mean"] for a in attention] for c in ("clean", "replaced")}
+        lines.append(f"| {mode} | {np.mean(scores['clean']):.3f} ± {np.std(scores['clean']):.3f} | "
+                     f"{np.mean(scores['replaced']):.3f} ± {np.std(scores['replaced']):.3f} | {len(attention)} |")
+    return "\n".join(lines)
+
+
+def per_seed_table(runs: dict[int, dict]) -> str:
+    """Each seed's own figures, so a mean is never read without its parts."""
+    lines = ["| seed | mode | MAP@R clean | MAP@R replaced | best epoch (of run) | beats epoch 0 |",
+             "|---|---|---|---|---|---|"]
+    for seed, run in runs.items():
+        for mode, result in run["metrics"]["modes"].items():
+            train = run["train"].get(mode, {})
+            epochs = f"{train['best_epoch']} ({train['epochs_run']})" if "best_epoch" in train else "-"
+            lines.append(f"| {seed} | {mode} | {100 * result['clean']['map_at_r']:.1f} | "
+                         f"{100 * result['replaced']['map_at_r']['mean']:.1f} | {epochs} | "
+                         f"{train.get('beats_epoch0', '-')} |")
+    return "\n".join(lines)
+
+
+def seeds_markdown(runs: dict[int, dict], dataset_format: str, environment: dict | None = None) -> str:
+    first = runs[min(runs)]["metrics"]
+    attention = [r["attention"] for r in runs.values() if r["attention"]]
+    parts = [
+        "# Results over training seeds",
+        "",
+        f"`{first['dataset']}` / `{first['loss']}`, training seeds {', '.join(map(str, runs))} (the data and the "
+        f"background pools are the same for every seed: `data_seed`). Test split: {first['test_images']} images of "
+        f"{first['test_classes']} classes; each seed's *replaced* MAP@R is its mean over {first['replaced_draws']} "
+        "seeded background draws. MAP@R in %, mean ± population std over the seeds.",
+        "",
+        "## Table 1: retrieval with clean and replaced backgrounds",
+        "",
+        seeds_table([r["metrics"] for r in runs.values()]),
+    ]
+    paper = PAPER_TABLE1.get(dataset_format)
+    if paper:
+        parts += ["", "The paper's MAP@R % (all losses): " + "; ".join(f"{m} {v}" for m, v in paper.items()) + "."]
+    parts += [
+        "",
+        "![MAP@R clean vs replaced, mean over seeds](figures/map_at_r.png)",
+        "",
+        "## Per seed",
+        "",
+        per_seed_table(runs),
+    ]
+    if attention:
+        parts += ["", "## Table 2: attention score", "", seeds_attention_table(attention)]
+    if environment:
+        parts += ["", environment_markdown(environment)]
+    return "\n".join(parts) + "\n"
+
+
+def mean_over_seeds(runs: list[dict]) -> dict:
+    """metrics.json-shaped means over seeds for the bar chart: the replaced bars' error bars
+    are the std over seeds (not over draws)."""
+    import numpy as np
+
+    def rows(kind: str) -> dict:
+        out = {}
+        for name in runs[0].get(kind, {}):
+            clean = [r[kind][name]["clean"]["map_at_r"] for r in runs]
+            replaced = [r[kind][name]["replaced"]["map_at_r"]["mean"] for r in runs]
+            out[name] = {"clean": {"map_at_r": float(np.mean(clean))},
+                         "replaced": {"map_at_r": {"mean": float(np.mean(replaced)), "std": float(np.std(replaced))}}}
+        return out
+
+    return {**runs[0], "modes": rows("modes"), "untrained": rows("untrained")}
+
+
+def write_seeds_report(runs: dict[int, dict], dataset_format: str, out_dir: Path,
+                       environment: dict | None = None) -> tuple[Path, Path]:
+    figure = out_dir / "figures" / "map_at_r.png"
+    averaged = mean_over_seeds([r["metrics"] for r in runs.values()])
+    bar_chart(averaged, figure, title=f"{averaged['dataset']} / {averaged['loss']}, mean of {len(runs)} seeds")
+    results = out_dir / "results.md"
+    write_text(results, seeds_markdown(runs, dataset_format, environment))
+    return results, figure
 
 
 def training_check(train_reports: dict[str, dict]) -> str:
@@ -169,7 +257,7 @@ def results_markdown(metrics: dict, dataset_format: str, figure: str | None = No
 BAR_LABELS = {"initialised": "(as initialised)", "pooled_features": "(pooled features)"}
 
 
-def bar_chart(metrics: dict, path: Path) -> None:
+def bar_chart(metrics: dict, path: Path, title: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -192,7 +280,7 @@ def bar_chart(metrics: dict, path: Path) -> None:
     ax.set_ylabel("test MAP@R (%)")
     top = max(clean + [r + e for r, e in zip(replaced, errors)])
     ax.set_ylim(0, min(105, 1.25 * top + 5))  # real photos score far below 100
-    ax.set_title(f"{metrics['dataset']} / {metrics['loss']}")
+    ax.set_title(title or f"{metrics['dataset']} / {metrics['loss']}")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

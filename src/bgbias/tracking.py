@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bgbias.files import atomic_write
+from bgbias.process_guard import pid_alive
 from bgbias.services import is_server, probe, redact, require
 
 log = logging.getLogger(__name__)
@@ -355,7 +356,7 @@ def send_unsent(spool_dir: Path, uri: str) -> int:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if record.get("uri") != uri or (record.get("host") == socket.gethostname() and _alive(record.get("pid"))):
+        if record.get("uri") != uri or (record.get("host") == socket.gethostname() and pid_alive(record.get("pid"))):
             continue
         claimed = path.with_name(f"{path.stem}.sending-{os.getpid()}")
         try:
@@ -378,13 +379,4 @@ def send_unsent(spool_dir: Path, uri: str) -> int:
     return sent
 
 
-def _alive(pid) -> bool:
-    if not isinstance(pid, int) or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True

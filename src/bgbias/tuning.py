@@ -48,6 +48,7 @@ from bgbias.files import atomic_write, write_text
 from bgbias.inputs import training_inputs
 from bgbias.layout import Layout
 from bgbias.loss_params import LR_SEARCH_SPACE, SEARCH_SPACES
+from bgbias.process_guard import pid_alive
 from bgbias.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -121,14 +122,14 @@ def _pruner(params: Params):
     return optuna.pruners.NopPruner()
 
 
-def load_study(params: Params, layout: Layout, loss: str, worker: int = 0):
+def load_study(params: Params, layout: Layout, loss: str, worker: int = 0, fingerprint: str | None = None):
     """The study of the current configuration (created when new), with a TPE sampler seeded
     by (seed, worker, trials so far): parallel workers and later calls never replay the
     proposals of earlier ones."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    fingerprint = study_fingerprint(params, layout, loss)
+    fingerprint = fingerprint or study_fingerprint(params, layout, loss)  # (hashes every input: once per start)
     study = optuna.create_study(storage=_storage(params, layout, loss),
                                 study_name=study_name(params, layout, loss, fingerprint), direction="maximize",
                                 pruner=_pruner(params), load_if_exists=True)
@@ -190,13 +191,6 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -209,7 +203,7 @@ def fail_dead_trials(study, new_tracker: Callable[[], Tracker] | None = None) ->
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+        if worker_host == host and pid.isdigit() and not pid_alive(int(pid)):
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             failed.append(trial.number)
             log.warning("trial %d of a killed worker (pid %s) marked FAIL", trial.number, pid)
@@ -251,7 +245,7 @@ def _trial_params(params: Params, loss: str, values: dict[str, float], lr: float
 
 
 def run_worker(params: Params, layout: Layout, loss: str, new_tracker: Callable[[], Tracker], worker: int = 0,
-               progress: bool = False) -> None:
+               progress: bool = False, fingerprint: str | None = None) -> None:
     """Run trials on the shared study until `tune.n_trials` of them have finished (COMPLETE
     or PRUNED); a failed trial is replaced, but MAX_FAILURES_IN_A_ROW failures stop the
     worker with an error."""
@@ -259,7 +253,7 @@ def run_worker(params: Params, layout: Layout, loss: str, new_tracker: Callable[
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    study = load_study(params, layout, loss, worker)
+    study = load_study(params, layout, loss, worker, fingerprint)
     fail_dead_trials(study, new_tracker)
     if finished_trials(study) >= params.tune.n_trials:
         return
@@ -320,8 +314,9 @@ def tune(params: Params, layout: Layout, loss: str, new_tracker: Callable[[], Tr
          workers: int | None = None, progress: bool = True, track: bool = True) -> dict:
     """Create or continue the study, run its workers, write the best params and the
     parent MLflow run. Returns a summary."""
-    created = _create_study(params, layout, loss)
-    study = load_study(params, layout, loss)
+    fingerprint = study_fingerprint(params, layout, loss)
+    created = _create_study(params, layout, loss, fingerprint)
+    study = load_study(params, layout, loss, fingerprint=fingerprint)
     if not created:  # workers started together on several machines: one parent run, one trial 0
         _wait_for_set_up(study)
     fail_dead_trials(study, new_tracker)
@@ -344,7 +339,7 @@ def tune(params: Params, layout: Layout, loss: str, new_tracker: Callable[[], Tr
     workers = workers or params.tune.workers
     try:
         if workers == 1:
-            run_worker(params, layout, loss, new_tracker, progress=progress)
+            run_worker(params, layout, loss, new_tracker, progress=progress, fingerprint=fingerprint)
             failed_workers = []
         else:
             failed_workers = _run_parallel(worker_commands(params_file, loss, workers, track), workers)
@@ -352,24 +347,24 @@ def tune(params: Params, layout: Layout, loss: str, new_tracker: Callable[[], Tr
         parent.finish("FAILED")
         raise
     if not failed_workers:
-        return _conclude(load_study(params, layout, loss), params, layout, loss, parent)
+        return _conclude(load_study(params, layout, loss, fingerprint=fingerprint), params, layout, loss, parent)
     codes = ", ".join(f"worker {i}: {_exit_status(code)}" for i, code in failed_workers)
     message = (f"study {study.study_name}: {len(failed_workers)} of {workers} tuning workers failed ({codes}); "
                "the study keeps their finished trials, run the command again to continue")
     try:
-        summary = _conclude(load_study(params, layout, loss), params, layout, loss, parent)
+        summary = _conclude(load_study(params, layout, loss, fingerprint=fingerprint), params, layout, loss, parent)
     except BgbiasError as exc:
         raise BgbiasError(f"{message} ({exc})") from None
     raise BgbiasError(f"{message}; {summary['tuned_file']} holds the best so far")
 
 
-def _create_study(params: Params, layout: Layout, loss: str) -> bool:
+def _create_study(params: Params, layout: Layout, loss: str, fingerprint: str) -> bool:
     """True in the one process that creates the study (the storage's unique name decides)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        optuna.create_study(storage=_storage(params, layout, loss), study_name=study_name(params, layout, loss),
+        optuna.create_study(storage=_storage(params, layout, loss), study_name=study_name(params, layout, loss, fingerprint),
                             direction="maximize")
     except optuna.exceptions.DuplicatedStudyError:
         return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -66,12 +67,20 @@ def test_replaced_test_set_keeps_labels_and_changes_only_background_pixels(tiny_
     assert (replaced[background] != images[background]).float().mean() > 0.9
 
 
-def test_evaluate_and_report_stage_outputs(tiny_project):
-    params = load_params(write_params(tiny_project, {"train": {"epochs": 1}, "eval": {"replaced_draws": 2}}))
-    layout = Layout(tiny_project)
+@pytest.fixture(scope="module")
+def evaluated(prepared_data, tmp_path_factory):
+    """(project, params, report): both modes trained one epoch and evaluated once for the module
+    (the tests only read it)."""
+    root = tmp_path_factory.mktemp("evaluated") / "project"
+    shutil.copytree(prepared_data, root)
+    params = load_params(write_params(root, {"train": {"epochs": 1}, "eval": {"replaced_draws": 2}}))
     for mode in ("base", "bgaugment"):
-        fit(params, layout, mode, progress=False)
-    report = evaluate_trained(params, layout, progress=False)
+        fit(params, Layout(root), mode, progress=False)
+    return root, params, evaluate_trained(params, Layout(root), progress=False)
+
+
+def test_evaluate_and_report_stage_outputs(evaluated, tmp_path):
+    tiny_project, params, report = evaluated
 
     saved = json.loads((tiny_project / "reports" / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(report))
@@ -84,18 +93,15 @@ def test_evaluate_and_report_stage_outputs(tiny_project):
     draws_csv = (tiny_project / "outputs" / "eval" / "synthetic" / "test_backgrounds.csv").read_text().splitlines()
     assert len(draws_csv) == 1 + 2 * saved["test_images"]
 
-    results, figure = write_report(saved, "csv", tiny_project / "reports")
+    results, figure = write_report(saved, "csv", tmp_path)
     text = results.read_text()
     assert "| synthetic | multi_similarity | base |" in text and "| synthetic | multi_similarity | bgaugment |" in text
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_untrained_references_are_the_untouched_starting_point(tiny_project):
-    params = load_params(write_params(tiny_project, {"train": {"epochs": 1}, "eval": {"replaced_draws": 1}}))
+def test_untrained_references_are_the_untouched_starting_point(evaluated, tmp_path):
+    tiny_project, params, report = evaluated
     layout = Layout(tiny_project)
-    for mode in ("base", "bgaugment"):
-        fit(params, layout, mode, progress=False)
-    report = evaluate_trained(params, layout, progress=False)
     assert set(report["untrained"]) == {"initialised", "pooled_features"}
 
     # Rebuilt independently of any checkpoint: the seeded start that training began from.
@@ -116,6 +122,6 @@ def test_untrained_references_are_the_untouched_starting_point(tiny_project):
                                    progress=False))
     assert history[0]["epoch"] == 0 and history[0]["val_map_at_r"] == val["map_at_r"]
 
-    text = write_report(report, "csv", tiny_project / "reports")[0].read_text()
+    text = write_report(report, "csv", tmp_path)[0].read_text()
     assert "| untrained, as initialised (backbone + fresh embedding) |" in text
     assert "| untrained, backbone's pooled features |" in text
