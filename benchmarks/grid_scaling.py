@@ -51,7 +51,8 @@ def run_scaling(workers: list[int], datasets: list[str], losses: list[str]) -> N
         grid = Grid.load(prepared / "pipelines/paper/params.yaml", root=prepared)
         start = time.perf_counter()
         prepare(grid, grid.params.paper.datasets)
-        print(f"prepare (inputs, pools, index, masks of {len(datasets)} dataset(s)): {time.perf_counter() - start:.1f} s")
+        print(f"prepare (inputs, pools, index, masks of {len(datasets)} dataset(s)): "
+              f"{time.perf_counter() - start:.1f} s")
         cpus = grid.params.paper.cluster.cpus_per_cell
         walls = {}
         for n in workers:

@@ -52,7 +52,8 @@ def test_cells_have_folders_of_their_own(grid, tmp_path):
     assert b.metrics_report == tmp_path / "reports/paper/cells/cub/triplet/bgaugment/metrics.json"
     assert a.index_csv("cub") == tmp_path / "outputs/paper/index/cub.csv"
     assert a.figures == tmp_path / "reports/paper/cells/cub/triplet/base/figures"
-    assert grid.layout.for_dataset("sop").input_manifest("dataset") == tmp_path / "outputs/paper/inputs/sop/dataset.json"
+    manifest = grid.layout.for_dataset("sop").input_manifest("dataset")
+    assert manifest == tmp_path / "outputs/paper/inputs/sop/dataset.json"
     with pytest.raises(ValueError):
         a.train_dir("cub", "bgaugment")  # a cell has no other mode's files
 
@@ -107,9 +108,10 @@ def metrics(clean, replaced, std, p1, p1r, init, pooled, att) -> dict:
 
 def test_table1_pivot_from_hand_made_runs(grid):
     cells = grid.select(["0", "1", "2", "3"])  # cub: triplet base/bgaugment, arcface base/bgaugment
-    frame = runs({"params.model.backbone": "efficientnet_lite0", **metrics(0.50, 0.20, 0.01, 0.8, 0.4, 0.10, 0.15, 0.3)},
-                 {"params.model.backbone": "efficientnet_lite0", **metrics(0.40, 0.30, 0.02, 0.7, 0.6, 0.10, 0.15, 0.5)},
-                 {"params.model.backbone": "efficientnet_lite0", **metrics(0.25, 0.05, 0.00, 0.6, 0.2, 0.10, 0.30, 0.1)})
+    lite0 = {"params.model.backbone": "efficientnet_lite0"}
+    frame = runs({**lite0, **metrics(0.50, 0.20, 0.01, 0.8, 0.4, 0.10, 0.15, 0.3)},
+                 {**lite0, **metrics(0.40, 0.30, 0.02, 0.7, 0.6, 0.10, 0.15, 0.5)},
+                 {**lite0, **metrics(0.25, 0.05, 0.00, 0.6, 0.2, 0.10, 0.30, 0.1)})
     status = [{"status": "done", "run_id": "r0"}, {"status": "done", "run_id": "r1"},
               {"status": "done", "run_id": "r2"}, {"status": "missing", "run_id": None}]
     results = cell_results(cells, status, frame)
@@ -162,8 +164,8 @@ def test_grid_list_marks_a_cell_stale_after_its_params_change_and_report_reads_m
     monkeypatch.chdir(root)
     grid = load_grid(root, params)
     base, bgaugment = grid.cells()
-    _log_done_run(grid, base, {k: float(v) for k, v in zip(METRIC_NAMES.values(),
-                                                           (0.5, 0.2, 0.01, 0.8, 0.4, 0.1, 0.15, 0.3, 0.01, 0.2, 0.02))})
+    values = (0.5, 0.2, 0.01, 0.8, 0.4, 0.1, 0.15, 0.3, 0.01, 0.2, 0.02)
+    _log_done_run(grid, base, dict(zip(METRIC_NAMES.values(), values)))
     assert _list(root, capsys) == {"synthetic/triplet/base": "done", "synthetic/triplet/bgaugment": "missing"}
 
     write_grid_params(root, {**params, "eval": {"replaced_draws": 3}})  # evaluation settings: stale

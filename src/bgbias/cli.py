@@ -149,8 +149,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
     if args.worker_index is not None:  # one of `--workers N` processes
         run_worker(params, layout, params.loss, new_tracker, worker=args.worker_index)
         return
-    summary = tune(params, layout, params.loss, new_tracker, Path(args.params or "params.yaml").resolve(), workers=args.workers,
-                   track=not args.no_track)
+    summary = tune(params, layout, params.loss, new_tracker, Path(args.params or "params.yaml").resolve(),
+                   workers=args.workers, track=not args.no_track)
     print(json.dumps(summary, indent=2, default=str))
 
 
@@ -293,6 +293,10 @@ def cmd_grid(args: argparse.Namespace) -> None:
         print(write_grid_report(grid, cells, _tracker(args, layout, grid.params)).read_text())
         return None
     _tracker(args, layout, grid.params)  # a tracking server that does not answer: one line now
+    _grid_run(args, grid, params_path, cells, new_tracker)
+
+
+def _grid_run(args: argparse.Namespace, grid, params_path: Path, cells, new_tracker) -> None:
     if args.ray:
         from bgbias.grid_ray import run_on_ray
 
@@ -302,7 +306,8 @@ def cmd_grid(args: argparse.Namespace) -> None:
 
         outcome = run_local(grid, cells, new_tracker)
     failed = [c for c, o in outcome.items() if o.startswith("failed")]
-    print(f"{len(outcome) - len(failed)} of {len(outcome)} cell(s) done" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(f"{len(outcome) - len(failed)} of {len(outcome)} cell(s) done"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
     if failed:
         raise SystemExit(1)
 

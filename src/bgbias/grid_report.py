@@ -73,8 +73,8 @@ def _get(table: pd.DataFrame, key: tuple, value: str, mode: str) -> float:
 
 
 def table1_markdown(table: pd.DataFrame, modes: list[str], formats: dict[str, str]) -> str:
-    lines = ["| dataset | loss | mode | MAP@R clean | MAP@R replaced (mean ± std) | relative drop | P@1 clean / replaced "
-             "| clean MAP@R vs best untrained | paper MAP@R % (range over its 5 losses) |",
+    lines = ["| dataset | loss | mode | MAP@R clean | MAP@R replaced (mean ± std) | relative drop "
+             "| P@1 clean / replaced | clean MAP@R vs best untrained | paper MAP@R % (range over its 5 losses) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for key in table.index:
         dataset, loss = key
@@ -88,7 +88,8 @@ def table1_markdown(table: pd.DataFrame, modes: list[str], formats: dict[str, st
                 f"| {dataset} | {loss} | {MODE_NAMES[mode]} | {_pct(clean)} | "
                 f"{_pct(_get(table, key, 'replaced', mode))} ± {_pct(_get(table, key, 'replaced_std', mode))} | "
                 f"{_pct(_get(table, key, 'drop', mode))} % | {_pct(_get(table, key, 'p1_clean', mode))} / "
-                f"{_pct(_get(table, key, 'p1_replaced', mode))} | {100 * _get(table, key, 'vs_untrained', mode):+.1f} | "
+                f"{_pct(_get(table, key, 'p1_replaced', mode))} | "
+                f"{100 * _get(table, key, 'vs_untrained', mode):+.1f} | "
                 f"{PAPER_TABLE1.get(formats[dataset], {}).get(mode, '-')} |")
     return "\n".join(lines)
 
@@ -128,7 +129,8 @@ def bar_chart(table: pd.DataFrame, dataset: str, modes: list[str], path: Path) -
         errors = [100 * part.loc[loss, ("replaced_std", mode)] if cond == "replaced" and
                   ("replaced_std", mode) in part.columns else 0.0 for loss in losses]
         ax.bar(np.arange(len(losses)) + (i - (len(series) - 1) / 2) * width, np.nan_to_num(values), width,
-               yerr=np.nan_to_num(errors), label=f"{MODE_NAMES[mode]} {cond}", hatch="//" if cond == "replaced" else None)
+               yerr=np.nan_to_num(errors), label=f"{MODE_NAMES[mode]} {cond}",
+               hatch="//" if cond == "replaced" else None)
     ax.set_xticks(np.arange(len(losses)), losses, fontsize=8)
     ax.set_ylabel("test MAP@R (%)")
     ax.set_title(f"{dataset}: clean vs replaced test backgrounds", fontsize=9)
