@@ -35,6 +35,7 @@ VAL_SHARE = {"cars196": 24 / 98, "cub200": 25 / 100, "sop": 2829 / 11318}  # val
 
 
 def run_scaling(workers: list[int], datasets: list[str], losses: list[str]) -> None:
+    import pandas as pd
     import ray
 
     from bgbias.grid import Grid, grid_runs, prepare
@@ -56,19 +57,19 @@ def run_scaling(workers: list[int], datasets: list[str], losses: list[str]) -> N
         cpus = grid.params.paper.cluster.cpus_per_cell
         walls = {}
         for n in workers:
-            project = base / f"workers{n}"
+            project = prepared.parent / f"workers{n}"  # beside the project: its data paths are ../outside/...
             shutil.copytree(prepared, project, ignore=shutil.ignore_patterns("mlruns"))
             grid = Grid.load(project / "pipelines/paper/params.yaml", root=project)
             ray.init(num_cpus=int(n * cpus), include_dashboard=False, log_to_driver=False)
             try:
                 start = time.perf_counter()
                 outcome = run_on_ray(grid, project / "pipelines/paper/params.yaml", grid.cells(), None,
-                                     echo=lambda _: None, poll_seconds=5)
+                                     echo=lambda line: "failed:" in line and print(line), poll_seconds=5)
                 walls[n] = time.perf_counter() - start
             finally:
                 ray.shutdown()
             runs = grid_runs(MlflowTracker.for_project(project))
-            done = runs[runs["tags.grid_status"] == "done"]
+            done = runs[runs.get("tags.grid_status", pd.Series(dtype=str)) == "done"]
             per_cell = (done["end_time"] - done["start_time"]) / 1000
             print(f"{n} worker(s): {len(grid.cells())} cells in {walls[n]:.1f} s wall "
                   f"({sum(v == 'done' for v in outcome.values())} done); training runs "

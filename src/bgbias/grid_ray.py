@@ -93,7 +93,8 @@ def run_on_ray(grid: Grid, params_path: Path, cells: list[Cell], address: str | 
             try:
                 outcome[refs[ref]] = ray.get(ref)
             except Exception as exc:  # the cell's error, or its worker died more than max_retries times
-                outcome[refs[ref]] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                cause = getattr(exc, "cause", None) or exc  # a RayTaskError wraps the task's own exception
+                outcome[refs[ref]] = f"failed: {type(cause).__name__}: {str(cause).splitlines()[0][:300]}"
             echo(f"cell {refs[ref]}: {outcome[refs[ref]]}")
         failed = sum(v.startswith("failed") for v in outcome.values())
         echo(f"cells: {len(outcome) - failed} done, {failed} failed, {len(waiting)} running or queued "
