@@ -323,14 +323,14 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 
 
 def _grid_list(grid, cells, tracker) -> None:
-    from bgbias.grid import grid_runs, statuses
+    from bgbias.grid import STATUSES, grid_runs, statuses
 
     rows = statuses(grid, cells, grid_runs(tracker))
     width = max(len(r["cell"]) for r in rows)
     for r in rows:
         note = "" if r["inputs_here"] else "  (data not prepared here: config compared)"
         print(f"{r['index']:>3}  {r['cell']:<{width}}  {r['status']:<8} {r['fingerprint']}  {r['run_id'] or '-'}{note}")
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "running", "failed", "stale", "missing")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     print(", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" (of {len(rows)})")
 
 
