@@ -34,7 +34,7 @@ test-slow: setup
 bench: setup
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python benchmarks/masks.py
-	$(BIN)/python benchmarks/train_throughput.py --crop 96
+	$(BIN)/python benchmarks/train_throughput.py --crop 96 --prepared
 
 # MLflow UI on the project's store (runs of `dvc repro` and every `dvc exp run`).
 ui: setup

@@ -2,16 +2,22 @@
 against the model-only step (forward/backward/update on one batch already on the device),
 in images/s, and their ratio (goal on GPU: >= 0.95, i.e. the input pipeline is hidden).
 
-Uses the project's prepared data (run `dvc repro masks backgrounds` first) and the
-params file's training settings, overridden by the options below. BN-Inception runs
-with random weights here (only its speed matters).
+Full step, two inputs: today's (decode JPEG/PNG + mask, RandomResizedCrop + flip on loader
+workers) and, with `--prepared`, the decode-free store (data/prepared.py: built first in
+a temporary folder at the benchmark's resize, its build time printed; batches cropped and
+flipped on the device).
 
-    python benchmarks/train_throughput.py --backbone efficientnet_lite0 --crop 227 --batch 32
+Uses the project's data (run `dvc repro masks backgrounds` first) and the params file's
+training settings, overridden by the options below. BN-Inception runs with random
+weights here (only its speed matters).
+
+    python benchmarks/train_throughput.py --backbone efficientnet_lite0 --crop 227 --batch 32 --prepared
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +27,9 @@ from torch.utils.data import DataLoader
 from bgbias.config import load_params
 from bgbias.data.bgaugment import BackgroundPool
 from bgbias.data.datasets import DatasetIndex
+from bgbias.data.device_crops import random_resized_crops
 from bgbias.data.image_dataset import MaskedImageDataset
+from bgbias.data.prepared import PreparedImageDataset, pad_collate, prepare
 from bgbias.data.sampler import MPerClassBatchSampler
 from bgbias.data.transforms import train_transform
 from bgbias.engine.device import device_setup
@@ -61,8 +69,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--mode", default="bgaugment", choices=("base", "bgaugment"))
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: params)")
+    parser.add_argument("--prepared", action="store_true", help="also time the full step on the decode-free store")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as store:
+        run(args, Path(store))
 
+
+def run(args: argparse.Namespace, store: Path) -> None:
     params = load_params(args.params)
     layout = Layout(Path(args.params).resolve().parent)
     cfg = params.train.model_copy(update={"crop": args.crop, "resize": max(args.crop, params.train.resize),
@@ -83,17 +96,32 @@ def main() -> None:
     optimizer = torch.optim.RMSprop(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     generator = torch.Generator().manual_seed(0)
 
-    # Full step: loader -> device -> BGAugment -> forward/backward/update.
-    batches = iter(DataLoader(train_set, batch_sampler=sampler, **setup.loader_options()))
+    def full_step(loader, prepared: bool):
+        batches = iter(loader)
 
-    def full(n: int) -> None:
-        for _ in range(n):
-            batch, labels, _ = next(batches)
-            images, labels = prepare_batch(batch, labels, setup, pool, generator, cfg.bgaugment_p)
-            optimise(step, optimizer, images, labels, setup)
+        def full(n: int) -> None:
+            for _ in range(n):
+                batch, labels, _ = next(batches)
+                if prepared:
+                    padded, sizes = batch
+                    batch = random_resized_crops(padded.to(setup.device, non_blocking=True), sizes, cfg.crop,
+                                                 cfg.crop_scale, cfg.crop_ratio, generator)
+                images, labels = prepare_batch(batch, labels, setup, pool, generator, cfg.bgaugment_p)
+                optimise(step, optimizer, images, labels, setup)
 
-    timed(full, args.warmup, setup.cuda)
-    full_seconds = timed(full, args.iterations, setup.cuda)
+        timed(full, args.warmup, setup.cuda)
+        return timed(full, args.iterations, setup.cuda)
+
+    # Full step: loader -> device -> (crops) -> BGAugment -> forward/backward/update.
+    full_seconds = full_step(DataLoader(train_set, batch_sampler=sampler, **setup.loader_options()), False)
+    prepared_seconds = build_seconds = None
+    if args.prepared:
+        start = time.perf_counter()
+        prepare(index, layout.masks(params.dataset), store, cfg.resize)
+        build_seconds = time.perf_counter() - start
+        stored = PreparedImageDataset(index.split("train"), store, "train")
+        loader = DataLoader(stored, batch_sampler=sampler, collate_fn=pad_collate, **setup.loader_options())
+        prepared_seconds = full_step(loader, True)
 
     # Model only: the same kind of batch, already prepared on the device, reused.
     batch, labels, _ = next(iter(DataLoader(train_set, batch_sampler=sampler, num_workers=0)))
@@ -108,12 +136,17 @@ def main() -> None:
 
     images_done = args.iterations * args.batch
     full_rate, model_rate = images_done / full_seconds, images_done / model_seconds
+    if prepared_seconds is not None:
+        n = len(index.split("train")) + len(index.split("val"))
+        print(f"prepare (build the store once): {build_seconds:.1f} s for {n} images at resize {cfg.resize}")
     device = torch.cuda.get_device_name(setup.device) if setup.cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {device}; backbone {args.backbone}, {args.crop} px, batch {args.batch}, mode {args.mode}, "
           f"workers {setup.workers}, {args.iterations} timed iterations")
-    print(f"full training step: {full_rate:8.1f} images/s")
-    print(f"model-only step:    {model_rate:8.1f} images/s")
-    print(f"ratio full / model-only: {full_rate / model_rate:.3f} (goal on GPU >= 0.95)")
+    print(f"full training step (decoding):  {full_rate:8.1f} images/s  ratio to model-only {full_rate / model_rate:.3f}")
+    if prepared_seconds is not None:
+        rate = images_done / prepared_seconds
+        print(f"full training step (prepared):  {rate:8.1f} images/s  ratio to model-only {rate / model_rate:.3f}")
+    print(f"model-only step:                {model_rate:8.1f} images/s  (goal on GPU: full >= 0.95 x model-only)")
 
 
 if __name__ == "__main__":

@@ -31,3 +31,25 @@ def test_masks_stage_without_assets_says_what_to_run(tmp_path):
     result = run("--params", str(tmp_path / "params.yaml"), "masks")
     assert result.returncode == 2
     assert "missing rembg u2netp segmentation model" in result.stderr and "make setup" in result.stderr
+
+
+def test_masks_folder_command_takes_the_engine(tmp_path, monkeypatch, capsys):
+    import pytest
+    import torch
+
+    from bgbias import cli
+    from tests.conftest import ASSETS, object_image
+
+    if not (ASSETS / "u2netp.onnx").is_file():
+        pytest.skip("u2netp.onnx not fetched: run `make setup`")
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: --assets-dir and the masks defaults suffice
+    object_image(tmp_path / "in" / "a.png", size=32)
+    base = ["masks", "in", "out", "--assets-dir", str(ASSETS)]
+    assert cli.main(base + ["--backend", "torch", "--device", "cpu", "--batch-size", "2"]) == 0
+    assert (tmp_path / "out" / "a.png").is_file() and "1 masks written" in capsys.readouterr().out
+    assert cli.main(base + ["--batch-size", "0"]) == 2
+    assert "--batch-size must be >= 1" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert cli.main(base + ["--backend", "torch", "--device", "cuda"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no CUDA device" in err[0]

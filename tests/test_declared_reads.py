@@ -235,6 +235,7 @@ def make_project(tmp_path: Path) -> tuple[Path, Path]:
         "backgrounds": {"source": "../outside/photos", "procedural_per_pool": 1},
         "masks": {"workers": 1},
         "mask_quality": {"threshold": 128},
+        "prepare": {"enabled": True},  # the opt-in input path reads more than the default one
         "model": {"backbone": "efficientnet_lite0", "weights": None},
         "train": {"epochs": 1, "iterations_per_epoch": 1, "batch_size": 4, "m_per_class": 2, "lr": 1e-4,
                   "resize": 40, "crop": 32, "eval_batch_size": 16},
@@ -327,7 +328,7 @@ def test_every_stage_declares_every_param_and_file_it_reads(tmp_path, monkeypatc
     monkeypatch.chdir(root)  # stage addresses relative to the project
     stages = dvc_stages(root)
     names = [s.addressing for s in stages]
-    assert {"inputs", "synthetic", "index", "masks", "train@base", "evaluate", "report"} <= set(names)
+    assert {"inputs", "synthetic", "index", "masks", "prepare", "train@base", "evaluate", "report"} <= set(names)
     assert sum(n.startswith("pipelines/tune/dvc.yaml:tune@") for n in names) == 5
     paper = "pipelines/paper/dvc.yaml:"
     assert {f"{paper}masks@outside", f"{paper}train@outside-multi_similarity-base", f"{paper}attribute@outside-"

@@ -35,7 +35,7 @@ def test_exp_run_with_another_loss_retrains_only_the_training(tmp_path):
     params = {**TINY_TRAIN, "assets_dir": "data/assets",
               "train": {**TINY_TRAIN["train"], "epochs": 1, "device": "cpu", "workers": 0}, "masks": {"workers": 1},
               "backgrounds": {**TINY_TRAIN["backgrounds"], "source": "bundled"},
-              "mask_quality": {"threshold": 128},
+              "mask_quality": {"threshold": 128}, "prepare": {"enabled": False},
               "model": {"backbone": "efficientnet_lite0", "embedding_dim": 128, "weights": None},
               "loss_params": {"source": "paper"}, "eval": {"replaced_draws": 1},
               "attribution": {"images": 4, "batch_size": 2, "noisy_copies": 2, "figure_rows": 2},

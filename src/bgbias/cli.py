@@ -59,17 +59,24 @@ def cmd_masks(args: argparse.Namespace) -> None:
     if args.out_dir is None:
         raise BgbiasError("usage: bgbias masks IMAGES_DIR OUT_DIR (or no arguments to run the pipeline stage)")
     from bgbias.assets import asset_path
+    from bgbias.config import MasksConfig
     from bgbias.data.masks import MODEL_NAME, compute_masks, folder_jobs
 
     images_dir = Path(args.images_dir)
     if not images_dir.is_dir():
         raise BgbiasError(f"images folder not found: {images_dir}")
-    assets_dir = Path(args.assets_dir) if args.assets_dir else _params(args)[0].assets_dir
+    if args.batch_size is not None and args.batch_size < 1:
+        raise BgbiasError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    params = _params(args)[0] if not args.assets_dir or Path(args.params).is_file() else None
+    assets_dir = Path(args.assets_dir) if args.assets_dir else params.assets_dir
+    masks_cfg = params.masks if params else MasksConfig()  # --assets-dir and no params file: the defaults
     out_dir = Path(args.out_dir)
     jobs = folder_jobs(images_dir, out_dir)
     if not jobs:
         raise BgbiasError(f"no images under {images_dir}")
-    report = compute_masks(jobs, out_dir, asset_path(MODEL_NAME, assets_dir), workers=args.workers)
+    report = compute_masks(jobs, out_dir, asset_path(MODEL_NAME, assets_dir), workers=args.workers,
+                           backend=args.backend or masks_cfg.backend, device=args.device,
+                           batch_size=args.batch_size or masks_cfg.batch_size)
     print(f"{report.written} masks written, {report.existing} already present, {len(report.failed)} failed")
     for failure in report.failed:
         print(f"failed: {failure['image']} ({failure['error']})", file=sys.stderr)
@@ -358,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("synthetic", "stage: render the synthetic default dataset"),
         ("backgrounds", "stage: build the train/test background pools"),
         ("index", "stage: list, split and check the selected dataset"),
+        ("prepare", "stage: opt-in (prepare.enabled) decode-free train/val input, shorter side train.resize"),
     ):
         sub.add_parser(name, help=help_text).set_defaults(func=_stage(name))
 
@@ -366,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", nargs="?", help="writes OUT_DIR/<relative path without extension>.png")
     p.add_argument("--workers", type=int, default=1, help="processes (default 1: threads already overlap I/O)")
     p.add_argument("--assets-dir", help="folder holding u2netp.onnx (default: assets_dir from params)")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "torch"),
+                   help="model engine (default: masks.backend from params; auto: torch on CUDA, else onnxruntime)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda where available")
+    p.add_argument("--batch-size", type=int, help="images per torch batch (default: masks.batch_size from params)")
     p.set_defaults(func=cmd_masks)
 
     p = tracked_stage("train", "stage: train one mode (base | bgaugment); torchrun for several processes", cmd_train)

@@ -159,6 +159,16 @@ class MasksConfig(Section):
     # Processes; each uses cpu_count // workers ONNX threads. 1 is fastest on 2 cores
     # because decode/encode threads already overlap the model (benchmarks/masks.py).
     workers: PositiveInt = 1
+    # onnxruntime (CPU, one image at a time) or the torch port (batched; CUDA: GPU decoding,
+    # bf16); auto: torch where CUDA is available, else onnxruntime. Same masks (data/masks_torch.py).
+    backend: Literal["auto", "onnxruntime", "torch"] = "auto"
+    batch_size: PositiveInt = 16  # images per torch batch
+
+
+class PrepareConfig(Section):
+    # Store train/val images and masks once, shorter side train.resize, uint8, memory-mapped
+    # (data/prepared.py); training then reads them without decoding and crops on the device.
+    enabled: bool = False
 
 
 class MaskQualityConfig(Section):
@@ -333,6 +343,7 @@ class Params(Section):
     backgrounds: BackgroundsConfig = BackgroundsConfig()
     masks: MasksConfig = MasksConfig()
     mask_quality: MaskQualityConfig = MaskQualityConfig()
+    prepare: PrepareConfig = PrepareConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     loss_params: LossParamsConfig = LossParamsConfig()

@@ -100,6 +100,9 @@ class Layout:
     def masks(self, dataset: str) -> Path:
         return self.outputs / "masks" / dataset
 
+    def prepared(self, dataset: str) -> Path:
+        return self.outputs / "prepared" / dataset
+
     @property
     def masks_report(self) -> Path:
         return self.reports / "masks" / f"{self.dataset}.json" if self.dataset else self.reports / "masks.json"

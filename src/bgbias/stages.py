@@ -77,7 +77,8 @@ def _masks(params: Params, layout: Layout) -> dict:
     _remove_unlisted(out_dir, {job.mask for job in jobs})
     model = asset_path(MODEL_NAME, params.assets_dir)
     start = time.perf_counter()
-    report = compute_masks(jobs, out_dir, model, workers=params.masks.workers)
+    report = compute_masks(jobs, out_dir, model, workers=params.masks.workers, backend=params.masks.backend,
+                           batch_size=params.masks.batch_size)
     seconds = time.perf_counter() - start
     if report.written:
         log.info("masks: %d written in %.1f s (%.2f images/s), %d already present",
@@ -91,6 +92,22 @@ def _masks(params: Params, layout: Layout) -> dict:
         raise BgbiasError(f"{len(report.failed)} image(s) could not be masked, e.g. {first['image']} "
                           f"({first['error']}); see {layout.masks_report}")
     return summary
+
+
+def prepare(params: Params, layout: Layout) -> dict:
+    """Opt-in decode-free training input (data/prepared.py); disabled: a manifest saying so."""
+    from bgbias.data.prepared import prepare as store, write_disabled
+
+    if not params.prepare.enabled:
+        return write_disabled(layout.prepared(params.dataset))
+    dataset_index = DatasetIndex.read(layout.index_csv(params.dataset), params.selected.root)
+    start = time.perf_counter()
+    manifest = store(dataset_index, layout.masks(params.dataset), layout.prepared(params.dataset),
+                     params.train.resize)
+    for split, info in manifest["splits"].items():
+        log.info("prepared %s: %d images, %.1f MB", split, info["images"], info["bytes"] / 1e6)
+    log.info("prepare: %.1f s", time.perf_counter() - start)
+    return manifest
 
 
 def _remove_unlisted(out_dir: Path, expected: set[Path]) -> None:

@@ -270,3 +270,16 @@ def test_warmup_epochs_freeze_the_backbone(tiny_project):
     trunk = [k for k in start if k.startswith("trunk.") and start[k].is_floating_point()]
     assert trunk and all(torch.equal(trained[k], start[k]) for k in trunk)
     assert not torch.equal(trained["embedding.weight"], start["embedding.weight"])
+
+
+def test_prepared_input_trains_and_validates_on_the_same_pixels(tiny_project):
+    # prepare.enabled: the stored val images are today's bit for bit, so the untouched
+    # model's validation (epoch 0, clean and replaced) is identical; training crops differ.
+    _fit(tiny_project, mode="bgaugment", train={"epochs": 1})
+    default = _history(tiny_project, "bgaugment")
+    params = load_params(write_params(tiny_project, {"prepare": {"enabled": True}}))
+    assert stages.prepare(params, Layout(tiny_project))["enabled"]
+    _fit(tiny_project, mode="bgaugment", train={"epochs": 1}, prepare={"enabled": True})
+    prepared = _history(tiny_project, "bgaugment")
+    assert prepared[0] == default[0] and [h["epoch"] for h in prepared] == [0, 1]
+    assert prepared[1]["train_loss"] != default[1]["train_loss"]  # other crops: another first step

@@ -15,6 +15,12 @@ recomputed), and an image replaced under the same name gets a new mask; the reco
 also names the model's sha256, so another model file redoes every mask. An image that
 fails is reported, never written as an empty mask.
 
+Two engines (`backend`): onnxruntime on the CPU, one image at a time (the ONNX file's
+input is fixed at batch 1), and the torch port of the same network (data/masks_torch.py),
+batched, on CUDA with GPU decoding. `auto` picks torch where CUDA is available. The record
+keys masks by model file, not engine: both engines make the same masks (tests), so a
+folder made by one is reused by the other.
+
 Masks are written only under OUT_DIR: a job whose mask would land elsewhere (its folder
 resolved through symbolic links), or two images sharing a mask name, are refused.
 """
@@ -204,8 +210,39 @@ def _worker(args: tuple[list[MaskJob], Path, int]) -> list[tuple[MaskJob, str | 
     return list(run_pipelined(jobs, U2netpMasker(model_path, threads)))
 
 
-def _run(jobs: list[MaskJob], model_path: Path, workers: int) -> Iterator[tuple[MaskJob, str | None]]:
+def _cuda_available() -> bool:
+    # No NVIDIA driver loaded: no CUDA, known without importing torch (seconds per process).
+    if not Path("/proc/driver/nvidia").exists() and not any(Path("/dev").glob("nvidia[0-9]*")):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_engine(backend: str, device: str | None) -> tuple[str, str]:
+    """(backend, device) to use for `backend` auto | onnxruntime | torch and `device` None
+    (CUDA where available) | cpu | cuda."""
+    if backend == "onnxruntime" and device in (None, "cpu"):
+        return backend, "cpu"
+    cuda = _cuda_available()
+    if device == "cuda" and not cuda:
+        raise BgbiasError("masks: device cuda was asked for, but torch sees no CUDA device")
+    device = device or ("cuda" if cuda else "cpu")
+    if backend == "auto":
+        backend = "torch" if device == "cuda" else "onnxruntime"
+    if backend == "onnxruntime" and device != "cpu":
+        raise BgbiasError("masks: the onnxruntime backend runs on the CPU; use --backend torch for cuda")
+    return backend, device
+
+
+def _run(jobs: list[MaskJob], model_path: Path, workers: int, engine: tuple[str, str] = ("onnxruntime", "cpu"),
+         batch_size: int = 1) -> Iterator[tuple[MaskJob, str | None]]:
     cores = os.cpu_count() or 1
+    if engine[0] == "torch":  # one process: batches keep the device busy
+        from bgbias.data.masks_torch import TorchMasker, run_batched
+
+        yield from run_batched(jobs, TorchMasker(model_path, engine[1]), batch_size)
+        return
     if workers == 1:
         yield from run_pipelined(jobs, U2netpMasker(model_path, cores))
         return
@@ -292,9 +329,12 @@ def drop_stale_masks(jobs: list[MaskJob], out_dir: Path, sha1s: dict[str, str], 
 
 
 def compute_masks(jobs: Iterable[MaskJob], out_dir: Path, model_path: Path, workers: int = 1,
-                  progress: bool = True) -> MaskReport:
-    """Masks for `jobs`, whose mask paths lie under `out_dir`; existing up-to-date masks are kept."""
+                  progress: bool = True, backend: str = "onnxruntime", device: str | None = None,
+                  batch_size: int = 16) -> MaskReport:
+    """Masks for `jobs`, whose mask paths lie under `out_dir`; existing up-to-date masks are kept.
+    `backend`/`device`: see `resolve_engine`; `batch_size`: images per torch batch."""
     jobs = list(jobs)
+    engine = resolve_engine(backend, device)
     check_jobs(jobs, out_dir)
     for directory in {job.mask.parent for job in jobs}:
         if directory.is_dir():
@@ -308,7 +348,7 @@ def compute_masks(jobs: Iterable[MaskJob], out_dir: Path, model_path: Path, work
     if not todo:
         return report
     with record.appending() as add, tqdm(total=len(todo), desc=f"{MODEL_NAME} masks", disable=not progress) as bar:
-        for job, error in _run(todo, Path(model_path), workers):
+        for job, error in _run(todo, Path(model_path), workers, engine, batch_size):
             bar.update()
             if error is None:
                 report.written += 1

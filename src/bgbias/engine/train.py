@@ -26,13 +26,16 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 from tqdm import tqdm
 
 from bgbias import loss_params
 from bgbias.config import MODES, Params, TrainConfig
 from bgbias.data.bgaugment import BackgroundDraw, BackgroundPool, replace_backgrounds
 from bgbias.data.datasets import DatasetIndex
+from bgbias.data.device_crops import random_resized_crops
 from bgbias.data.image_dataset import MaskedImageDataset
+from bgbias.data.prepared import open_split, pad_collate
 from bgbias.data.sampler import MPerClassBatchSampler
 from bgbias.data.transforms import eval_transform, split_batch, train_transform
 from bgbias.engine.checkpoint import load_checkpoint, recover_best, save_checkpoint, save_epoch
@@ -105,6 +108,8 @@ def run_config(params: Params, mode: str, layout: Layout) -> dict:
         "train": params.train.model_dump(mode="json"),
         "loss_params": loss_params.resolve(params.loss, fmt, params.loss_params.overrides.get(params.loss),
                                            tuned_values(params, layout)),
+        # Only when set: another input path (other crops), and the default config stays as it was.
+        **({"prepare": True} if params.prepare.enabled else {}),
     }
 
 
@@ -176,14 +181,20 @@ class Run:
     config: dict
     selection: str
     m_per_class: int
+    prepared: bool = False  # train batches come padded from the store and are cropped on the device
 
 
 def _splits(params: Params, layout: Layout) -> tuple[MaskedImageDataset, MaskedImageDataset]:
     cfg = params.train
     index = DatasetIndex.read(layout.index_csv(params.dataset), params.selected.root)
-    masks_dir = layout.masks(params.dataset)
-    train_set = MaskedImageDataset(index.split("train"), index.root, masks_dir, train_transform(cfg))
-    val_set = MaskedImageDataset(index.split("val"), index.root, masks_dir, eval_transform(cfg))
+    if params.prepare.enabled:  # stored at the shorter side cfg.resize: val only needs its centre crop
+        folder = layout.prepared(params.dataset)
+        train_set = open_split(folder, index.split("train"), "train", cfg.resize)
+        val_set = open_split(folder, index.split("val"), "val", cfg.resize, v2.CenterCrop(cfg.crop))
+    else:
+        masks_dir = layout.masks(params.dataset)
+        train_set = MaskedImageDataset(index.split("train"), index.root, masks_dir, train_transform(cfg))
+        val_set = MaskedImageDataset(index.split("val"), index.root, masks_dir, eval_transform(cfg))
     for name, split in (("train", train_set), ("val", val_set)):
         if split.num_classes < 2:
             raise BgbiasError(f"dataset '{params.dataset}': the {name} split has {split.num_classes} class(es); "
@@ -220,7 +231,7 @@ def _prepare(params: Params, layout: Layout, mode: str, setup: DeviceSetup, ddp:
     val_loader = DataLoader(val_set, batch_size=cfg.eval_batch_size, shuffle=False, **setup.loader_options())
     selection = "val_map_at_r" if mode == "base" else "val_replaced_map_at_r"
     return Run(mode, model, loss, step, optimizer, train_set, val_set, sampler, val_loader, pool, val_draws,
-               config, selection, m)
+               config, selection, m, params.prepare.enabled)
 
 
 def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bool, progress: bool,
@@ -307,8 +318,8 @@ def _train_epoch(run: Run, params: Params, setup: DeviceSetup, ddp: Distributed,
     epoch_seed = derived_seed(params.seed, Stream.EPOCH, epoch, ddp.rank)
     torch.manual_seed(epoch_seed)  # crops and flips (in-process loading)
     run.sampler.set_epoch(epoch)
-    loader = DataLoader(run.train_set, batch_sampler=run.sampler,
-                        generator=torch.Generator().manual_seed(epoch_seed), **setup.loader_options())
+    loader = DataLoader(run.train_set, batch_sampler=run.sampler, generator=torch.Generator().manual_seed(epoch_seed),
+                        collate_fn=pad_collate if run.prepared else None, **setup.loader_options())
     augment = torch.Generator().manual_seed(epoch_seed)
     run.model.trunk.requires_grad_(epoch > cfg.warmup_epochs)
     run.step.train()
@@ -316,6 +327,10 @@ def _train_epoch(run: Run, params: Params, setup: DeviceSetup, ddp: Distributed,
     pool = run.pool if run.mode == "bgaugment" else None
     bar = tqdm(loader, desc=f"{run.mode} epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress)
     for batch, labels, _ in bar:
+        if run.prepared:  # RandomResizedCrop + flip of the whole batch on the device
+            padded, sizes = batch
+            batch = random_resized_crops(padded.to(setup.device, non_blocking=True), sizes, cfg.crop,
+                                         cfg.crop_scale, cfg.crop_ratio, augment)
         images, labels = prepare_batch(batch, labels, setup, pool, augment, cfg.bgaugment_p)
         total += optimise(run.step, run.optimizer, images, labels, setup)
     return total.item() / len(run.sampler)

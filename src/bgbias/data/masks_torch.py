@@ -1,0 +1,202 @@
+"""The u2netp masks of data/masks.py, computed in batches by the torch port of the model.
+
+Same masks, another engine: the network is `models/u2netp.py` with the weights of the same
+pinned ONNX file, and the pre/post-processing is rembg's (LANCZOS to 320x320, scale by the
+maximum, ImageNet normalisation; min-max, uint8, LANCZOS back to the image size).
+
+- On the CPU images are decoded and resized with Pillow (as rembg) on threads, and the
+  network runs in fp32: masks equal onnxruntime's up to float summation order (tests).
+- On CUDA, JPEG files are decoded on the GPU (`torchvision.io.decode_jpeg`, other formats
+  and files it refuses with Pillow), resized there with the Pillow-exact LANCZOS of
+  `data/resample.py`, and the network runs channels_last under bf16 (fp16 where bf16 is
+  not supported) autocast; only the finished uint8 masks come back, and PNG encoding and
+  writing overlap the GPU on CPU threads.
+
+`run_batched` yields (job, error or None) per job, like `masks.run_pipelined`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bgbias.data.images import load_rgb
+from bgbias.data.masks import INPUT_SIZE, MEAN, STD, MaskJob, postprocess, preprocess
+from bgbias.data.resample import resize_lanczos
+from bgbias.files import save_image
+from bgbias.models.u2netp import u2netp_from_onnx
+
+IO_THREADS = 4
+JPEG_EXTENSIONS = (".jpg", ".jpeg")
+
+
+class TorchMasker:
+    """u2netp on `device`; `device_ops`: pre/post-processing as tensors on the device
+    (always on CUDA; on the CPU only to test that path against Pillow's)."""
+
+    def __init__(self, model_path: Path, device: str | torch.device = "cpu", device_ops: bool | None = None):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.device_ops = self.cuda if device_ops is None else device_ops
+        self.model = u2netp_from_onnx(model_path).to(self.device)
+        self.dtype = None
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    @torch.inference_mode()
+    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, 3, 320, 320) float32 -> (N, 1, 320, 320) float32 saliency, on the device."""
+        x = batch.to(self.device, non_blocking=True)
+        autocast = torch.autocast("cuda", self.dtype) if self.cuda else contextlib.nullcontext()
+        with autocast:
+            if self.cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.model(x).float()
+
+
+def preprocess_tensor(image: torch.Tensor) -> torch.Tensor:
+    """uint8 (3, H, W) on any device -> (3, 320, 320) float32: `masks.preprocess`, bit for bit."""
+    small = resize_lanczos(image, INPUT_SIZE).to(torch.float64)
+    scaled = small / max(float(small.max()), 1e-6)
+    mean = torch.tensor(MEAN, dtype=torch.float64, device=image.device)[:, None, None]
+    std = torch.tensor(STD, dtype=torch.float64, device=image.device)[:, None, None]
+    return ((scaled - mean) / std).to(torch.float32)
+
+
+def postprocess_tensor(prediction: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(1, 320, 320) float32 -> uint8 (H, W) mask: `masks.postprocess`, bit for bit."""
+    lo, hi = prediction.min(), prediction.max()
+    scaled = ((prediction[0] - lo) / (hi - lo)) * 255
+    return resize_lanczos(scaled.to(torch.uint8), size)
+
+
+def _decode_on_device(jobs: list[MaskJob], data: list[bytes | np.ndarray], device: torch.device) -> list:
+    """uint8 (3, H, W) tensors on `device`, or the exception of each image that failed.
+    `data`: a JPEG file's bytes (decoded here, on the device) or an image Pillow decoded."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    out: list = [torch.from_numpy(d).permute(2, 0, 1).to(device) if isinstance(d, np.ndarray) else None
+                 for d in data]
+    jpegs = [i for i, d in enumerate(data) if isinstance(d, bytes)]
+    if jpegs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision's deprecation notice, once per batch
+            try:
+                decoded = decode_jpeg([torch.frombuffer(data[i], dtype=torch.uint8) for i in jpegs],
+                                      mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+            except (RuntimeError, ValueError):  # a file in the batch it cannot decode (CMYK, corrupt...): Pillow for these
+                decoded = [None] * len(jpegs)
+        for i, image in zip(jpegs, decoded):
+            out[i] = image
+    for i, job in enumerate(jobs):
+        if out[i] is None:
+            try:
+                out[i] = torch.from_numpy(np.array(load_rgb(job.image))).permute(2, 0, 1).to(device)
+            except Exception as exc:  # reported per image
+                out[i] = exc
+    return out
+
+
+def _read(job: MaskJob) -> bytes | np.ndarray:
+    """On a loader thread: a JPEG file's bytes (the GPU decodes them), else the image decoded by Pillow."""
+    if job.image.suffix.lower() in JPEG_EXTENSIONS:
+        return job.image.read_bytes()
+    return np.array(load_rgb(job.image))
+
+
+def _load_host(job: MaskJob) -> tuple[np.ndarray, tuple[int, int]]:
+    image = load_rgb(job.image)
+    return preprocess(image)[0], image.size
+
+
+def _save_host(job: MaskJob, prediction: np.ndarray, size: tuple[int, int]) -> None:
+    save_image(job.mask, postprocess(prediction[None], size))
+
+
+def _save_mask(job: MaskJob, mask: np.ndarray) -> None:
+    from PIL import Image
+
+    save_image(job.mask, Image.fromarray(mask, mode="L"))
+
+
+def _prefetched(jobs: list[MaskJob], submit, ahead: int) -> Iterator[tuple[MaskJob, Future]]:
+    """(job, future of its load) in order, keeping `ahead` loads in flight."""
+    pending: deque[tuple[MaskJob, Future]] = deque()
+    remaining = iter(jobs)
+    for job in remaining:
+        pending.append((job, submit(job)))
+        if len(pending) >= ahead:
+            break
+    while pending:
+        job, future = pending.popleft()
+        nxt = next(remaining, None)
+        if nxt is not None:
+            pending.append((nxt, submit(nxt)))
+        yield job, future
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+Saves = list[tuple[MaskJob, Future]]
+Failures = list[tuple[MaskJob, str]]
+
+
+def _batch_host(masker: TorchMasker, loaded: list, io: ThreadPoolExecutor) -> tuple[Saves, Failures]:
+    """Pillow-preprocessed arrays in, one save per image out (post-processing on the threads)."""
+    batch = torch.from_numpy(np.stack([array for _, (array, _) in loaded]))
+    predictions = masker.infer(batch).cpu().numpy()
+    return [(job, io.submit(_save_host, job, pred, size)) for (job, (_, size)), pred in zip(loaded, predictions)], []
+
+
+def _batch_device(masker: TorchMasker, loaded: list, io: ThreadPoolExecutor) -> tuple[Saves, Failures]:
+    """File bytes in: decode, resize, infer and post-process on the device; PNG writing on the threads."""
+    jobs = [job for job, _ in loaded]
+    images = _decode_on_device(jobs, [data for _, data in loaded], masker.device)
+    failed = [(job, _error(image)) for job, image in zip(jobs, images) if isinstance(image, BaseException)]
+    good = [(job, image) for job, image in zip(jobs, images) if not isinstance(image, BaseException)]
+    if not good:
+        return [], failed
+    predictions = masker.infer(torch.stack([preprocess_tensor(image) for _, image in good]))
+    masks = [postprocess_tensor(pred, (image.shape[2], image.shape[1])) for (_, image), pred in zip(good, predictions)]
+    return [(job, io.submit(_save_mask, job, mask.cpu().numpy())) for (job, _), mask in zip(good, masks)], failed
+
+
+def _batches(jobs: list[MaskJob], masker: TorchMasker, io: ThreadPoolExecutor, batch_size: int):
+    """Per batch: (jobs whose load failed with their error, jobs loaded with what was loaded)."""
+    load = _read if masker.device_ops else _load_host
+    stream = _prefetched(jobs, lambda job: io.submit(load, job), ahead=2 * batch_size)
+    while chunk := [item for _, item in zip(range(batch_size), stream)]:
+        failed = [(job, _error(f.exception())) for job, f in chunk if f.exception() is not None]
+        yield failed, [(job, f.result()) for job, f in chunk if f.exception() is None]
+
+
+def run_batched(jobs: list[MaskJob], masker: TorchMasker, batch_size: int) -> Iterator[tuple[MaskJob, str | None]]:
+    """Yield (job, error or None) per job; loads and PNG writes overlap the model on threads."""
+    with ThreadPoolExecutor(IO_THREADS) as io:
+        saves: deque[tuple[MaskJob, Future]] = deque()
+        for failed, loaded in _batches(jobs, masker, io, batch_size):
+            yield from failed
+            if not loaded:
+                continue
+            try:
+                batch_saves, failed = (_batch_device if masker.device_ops else _batch_host)(masker, loaded, io)
+            except Exception as exc:  # reported for every image of the batch; the run goes on
+                yield from ((job, _error(exc)) for job, _ in loaded)
+                continue
+            yield from failed
+            saves.extend(batch_saves)
+            while saves and saves[0][1].done():
+                job, future = saves.popleft()
+                yield job, None if future.exception() is None else _error(future.exception())
+        for job, future in saves:
+            yield job, None if future.exception() is None else _error(future.exception())
