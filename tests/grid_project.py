@@ -72,6 +72,7 @@ def grid_params(datasets: list[str], losses: list[str], modes: list[str]) -> dic
         "index": {"workers": 1},
         "backgrounds": {"source": "../outside/photos", "procedural_per_pool": 1},
         "masks": {"workers": 1},
+        "prepare": {"enabled": False},
         "model": {"weights": None},
         "loss_params": {"source": "paper"},
         "tracking": {"uri": None},

@@ -261,6 +261,7 @@ def paper_params(params: dict) -> dict:
     grid["paper"] = {"datasets": ["outside"], "losses": [params["loss"]], "modes": ["base"], "backbone": "auto",
                      "storage": None, "cluster": {"gpus_per_cell": 0}}
     grid["loss_params"] = {"source": "paper", "overrides": {}}
+    grid["prepare"] = {"enabled": False}  # the grid builds no prepared store
     grid["model"] = {**params["model"], "embedding_dim": 128, "freeze_bn": True}
     grid["train"] = {**params["train"], "device": "cpu", "workers": None}
     grid["tracking"] = {"uri": None}

@@ -129,6 +129,8 @@ class Grid:
         if self.params.loss_params.source != "paper":
             raise BgbiasError("loss_params.source: the grid trains with the paper's loss values (`paper`); tune and "
                               "train one (dataset, loss) pair with the default pipeline instead")
+        if self.params.prepare.enabled:
+            raise BgbiasError("prepare.enabled: the grid reads the images themselves (it builds no prepared store)")
         return self.training_params(cell.dataset).model_copy(update={"loss": cell.loss})
 
     def cell_layout(self, cell: Cell) -> Layout:
@@ -265,7 +267,7 @@ def _stamp_key(grid: Grid, step: str, dataset: str | None) -> str:
 
 
 def _prepare_once(grid: Grid, step: str, dataset: str | None, echo: Callable[[str], None]) -> None:
-    stamp = grid.layout.outputs / "prepared" / f"{dataset or 'all'}-{step}.json"
+    stamp = grid.layout.outputs / "stamps" / f"{dataset or 'all'}-{step}.json"
     key = _stamp_key(grid, step, dataset)
     if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
         return
@@ -288,7 +290,7 @@ def prepare_dataset(grid: Grid, dataset: str, echo: Callable[[str], None] = log.
 
 def prepare(grid: Grid, datasets: Iterable[str], echo: Callable[[str], None] = log.info) -> None:
     """Everything the cells of `datasets` read, each step done only when what it depends on
-    changed since it last ran here (a stamp under outputs/paper/prepared/)."""
+    changed since it last ran here (a stamp under outputs/paper/stamps/)."""
     prepare_shared(grid, echo)
     for dataset in dict.fromkeys(datasets):
         prepare_dataset(grid, dataset, echo)
