@@ -60,3 +60,11 @@ def test_exp_run_with_another_loss_retrains_only_the_training(tmp_path):
     shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo))
     text = json.dumps(shown)
     assert "val_map_at_r" in text and "contrastive" in text
+
+    from mlflow.tracking import MlflowClient
+
+    from bgbias.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(repo))  # each training registered its model under its loss
+    for loss in ("multi_similarity", "contrastive"):
+        assert set(client.get_registered_model(f"bgbias-synthetic-{loss}").aliases) == {"base", "bgaugment"}

@@ -185,6 +185,24 @@ def cmd_report(args: argparse.Namespace) -> None:
                 tracker.log_artifact(results, "report")
 
 
+def cmd_query(args: argparse.Namespace) -> None:
+    from bgbias.data.datasets import DatasetIndex
+    from bgbias.query import contact_sheet, format_results, run_query
+    from bgbias.tracking import load_registered_model, tracking_uri
+
+    params, layout = _params(args)
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:  # before the model loads (seconds)
+        raise BgbiasError(f"query image not found: {missing[0]}")
+    index_csv = layout.index_csv(params.dataset)
+    index = DatasetIndex.read(index_csv, params.selected.root)
+    model, key = load_registered_model(args.model, params.tracking.uri or tracking_uri(layout.root))
+    results = run_query(model.predict, key, [Path(p) for p in args.images], index, index_csv,
+                        layout.outputs / "query" / "cache", args.k)
+    print(format_results(results))
+    print(f"contact sheet: {contact_sheet(results, index.root, Path(args.out))}")
+
+
 def cmd_seeds_table(args: argparse.Namespace) -> None:
     from bgbias.report import seeds_table
 
@@ -395,6 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="list the studies in the storage (one per configuration) and mark the current ones")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     tracked_stage("report", "stage: reports/results.md (Tables 1 and 2) and the MAP@R bar chart", cmd_report)
+
+    p = sub.add_parser("query", help="nearest test images of IMAGE... under a registered model, and a contact sheet")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", required=True,
+                   help="models:/NAME@ALIAS or models:/NAME/VERSION, e.g. "
+                        "models:/bgbias-synthetic-multi_similarity@base")
+    p.add_argument("--k", type=int, default=8, help="neighbours per query (default 8)")
+    p.add_argument("--out", default="outputs/query/contact_sheet.png", help="contact sheet PNG")
+    p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("seeds-table", help="Table 1 as mean ± std over several runs' metrics.json (training seeds)")
     p.add_argument("metrics", nargs="+", help="reports/metrics.json of each run")

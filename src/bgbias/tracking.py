@@ -21,12 +21,14 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from bgbias.errors import BgbiasError
 from bgbias.files import atomic_write
 from bgbias.process_guard import pid_alive
 from bgbias.services import is_server, probe, redact, require
@@ -49,6 +51,11 @@ class Tracker(Protocol):
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
 
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
+
+    def log_dataset(self, dataset: Mapping[str, Any]) -> None: ...
+
+    def log_model(self, checkpoint: Path, registered_name: str, alias: str, example: Any, resize: int,
+                  crop: int) -> None: ...
 
     def finish(self, status: str = "FINISHED") -> None: ...
 
@@ -84,6 +91,12 @@ class NullTracker:
         return None
 
     def set_tags(self, tags):
+        return None
+
+    def log_dataset(self, dataset):
+        return None
+
+    def log_model(self, checkpoint, registered_name, alias, example, resize, crop):
         return None
 
     def finish(self, status="FINISHED"):
@@ -220,6 +233,30 @@ class MlflowTracker:
         if self._has_run:
             self._submit({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
 
+    def log_dataset(self, dataset):
+        """A dataset input of the run (the UI's Dataset column): `dataset` holds name, digest,
+        source, context, the index's columns and a profile (split sizes, full digests)."""
+        self._submit({"op": "dataset", "dataset": dict(dataset)})
+
+    def log_model(self, checkpoint, registered_name, alias, example, resize, crop):
+        """The embedder of `checkpoint` (a best.pt) as an MLflow pyfunc model
+        (`bgbias.served_model`), registered as a new version of `registered_name` that
+        `alias` points at. `example`: uint8 [B, H, W, 3] images, the input example."""
+        import numpy as np
+
+        from bgbias.engine.checkpoint import load_checkpoint
+        from bgbias.served_model import write_model_data
+
+        folder = Path(tempfile.mkdtemp(prefix="bgbias-model-"))
+        try:
+            write_model_data(load_checkpoint(checkpoint), resize, crop, folder / "data")
+            np.save(folder / "example.npy", np.asarray(example, dtype=np.uint8))
+            op = {"op": "model", "path": str(folder), "name": registered_name, "alias": alias}
+            self._submit(op)
+        finally:
+            if Path(folder).exists() and not any(o.get("copy") == str(folder) for o in self._pending):
+                shutil.rmtree(folder, ignore_errors=True)
+
     def finish(self, status="FINISHED"):
         if self._has_run:
             self._submit({"op": "finish", "status": status, "end_time": int(time.time() * 1000)})
@@ -276,6 +313,10 @@ class MlflowTracker:
             self.client.log_artifact(run_id, op["path"], op["artifact_path"])
         elif kind == "tags":
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["tags"].items()])
+        elif kind == "dataset":
+            self._log_dataset(run_id, op["dataset"])
+        elif kind == "model":
+            self._log_model(run_id, op)
         elif kind == "finish":
             self.client.set_terminated(run_id, status=op["status"], end_time=op["end_time"])
         else:
@@ -297,7 +338,76 @@ class MlflowTracker:
                         "kept and retried", redact(self.uri), reason, type(exc).__name__)
             self._keep(op)
 
+    def _log_dataset(self, run_id: str, dataset: dict) -> None:
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.types import ColSpec, DataType, Schema
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        meta = MetaDataset(LocalArtifactDatasetSource(dataset["source"]), name=dataset["name"],
+                           digest=dataset["digest"], schema=Schema([ColSpec(DataType.string, c)
+                                                                    for c in dataset["columns"]]))
+        entity = Dataset(name=meta.name, digest=meta.digest, source_type=meta.source._get_source_type(),
+                         source=meta.source.to_json(), schema=meta.to_dict()["schema"],
+                         profile=json.dumps(dataset["profile"]))
+        self.client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT,
+                                                                                     dataset["context"])])])
+
+    def _log_model(self, run_id: str, op: dict) -> None:
+        import mlflow
+        import numpy as np
+        from mlflow.models import Model, ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        import bgbias
+        from bgbias.served_model import REQUIREMENTS, read_settings
+
+        start = time.perf_counter()
+        folder = Path(op["path"])
+        settings = read_settings(folder / "data")
+        signature = ModelSignature(Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+                                   Schema([TensorSpec(np.dtype(np.float32), (-1, settings["model"]["embedding_dim"]))]))
+        code = folder / "code" / "bgbias"  # the package the model runs, without bytecode caches
+        if not code.exists():
+            shutil.copytree(Path(bgbias.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__"))
+        tags = {"mode": settings["mode"], "dataset": settings["dataset"], "loss": settings["loss"],
+                "seed": str(settings["seed"]), "epoch": str(settings["epoch"]),
+                settings["selection"]: f"{settings['selection_value']:.6f}"}
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        # The logged model is created here, in the run's experiment (MLflow would use the
+        # process's current experiment), then filled by Model.log.
+        if not op.get("model_id"):  # a retry after a lost server reuses it
+            op["model_id"] = self.client.create_logged_model(experiment_id, name="embedder", source_run_id=run_id,
+                                                             tags=tags).model_id
+        with _global_tracking_uri(self.uri):
+            Model.log(None, mlflow.pyfunc, name="embedder", run_id=run_id, model_id=op["model_id"],
+                      loader_module="bgbias.served_model", data_path=str(folder / "data"), code_paths=[str(code)],
+                      signature=signature, input_example=np.load(folder / "example.npy"),
+                      pip_requirements=list(REQUIREMENTS))
+            version = self._register(op["name"], op["alias"], op["model_id"], run_id, tags)
+        log.info("logged the %s model: %s version %s (alias %s) in %.1f s", settings["mode"], op["name"], version,
+                 op["alias"], time.perf_counter() - start)
+
+    def _register(self, name: str, alias: str, model_id: str, run_id: str, tags: dict[str, str]) -> str:
+        """A new version of `name` (created if absent) from a logged model; `alias` moves to it.
+        Called under `_global_tracking_uri`: the registry resolves the source through it."""
+        try:
+            self.client.create_registered_model(
+                name, description="bgbias embedder: uint8 RGB images [B, H, W, 3] -> L2-normalised embeddings")
+        except Exception:
+            self.client.get_registered_model(name)  # created meanwhile by the other mode's training, else raises
+        version = self.client.create_model_version(name, f"models:/{model_id}", run_id=run_id, tags=tags,
+                                                   model_id=model_id)
+        self.client.set_registered_model_alias(name, alias, version.version)
+        return version.version
+
     def _keep(self, op: dict) -> None:
+        if op["op"] == "model" and not op.get("copy"):
+            # Moved into the spool: the temporary folder goes when the command ends.
+            folder = self._spool_root() / "files" / uuid.uuid4().hex
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            op["path"] = op["copy"] = str(shutil.move(op["path"], folder))
         if op["op"] == "artifact" and not op.get("copy"):
             # Copied now: the file may be replaced (best.pt) or deleted (trial folders) before it can be sent.
             folder = self._spool_root() / "files" / uuid.uuid4().hex
@@ -329,8 +439,6 @@ class MlflowTracker:
 
     def _spool_root(self) -> Path:
         if self._spool_dir is None:
-            import tempfile
-
             self._spool_dir = Path(tempfile.mkdtemp(prefix="bgbias-unsent-"))
         return self._spool_dir
 
@@ -345,6 +453,64 @@ class MlflowTracker:
         record = {"uri": self.uri, "host": socket.gethostname(), "pid": os.getpid(), "run_id": self.run_id,
                   "ops": self._pending}
         atomic_write(self._spool_file, lambda tmp: tmp.write_text(json.dumps(record), encoding="utf-8"))
+
+
+class _global_tracking_uri:
+    """MLflow's model logging and loading read the process-wide tracking URI: set it to
+    ours for the call, then put back what was there (the variable MLflow sets too)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    def __enter__(self):
+        import mlflow
+
+        self.saved = (os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri())
+        mlflow.set_tracking_uri(self.uri)
+
+    def __exit__(self, *exc):
+        import mlflow
+
+        env, uri = self.saved
+        mlflow.set_tracking_uri(uri)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+def load_registered_model(model_uri: str, uri: str) -> tuple[Any, str]:
+    """(pyfunc model, "<name>-v<version>") of `models:/NAME@ALIAS` or `models:/NAME/VERSION`
+    in the store at `uri`; a name, alias or version that is not there is a one-line error."""
+    import re
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/@]+)|/(\d+))", model_uri)
+    if match is None:
+        raise BgbiasError(f"--model {model_uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    name, alias, number = match.groups()
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException:
+        raise BgbiasError(f"--model {model_uri}: no registered model '{name}' in {redact(uri)} (`bgbias train` "
+                          "registers bgbias-<dataset>-<loss>)") from None
+    try:
+        version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+    except MlflowException:
+        if alias:
+            known = ", ".join(f"@{a}" for a in sorted(registered.aliases)) or "none"
+        else:
+            versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+            known = ", ".join(map(str, versions))
+        raise BgbiasError(f"--model {model_uri}: '{name}' has no {'alias' if alias else 'version'} "
+                          f"{alias or number} (it has {known})") from None
+    with _global_tracking_uri(uri):
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+    return model, f"{name}-v{version.version}"
 
 
 def send_unsent(spool_dir: Path, uri: str) -> int:

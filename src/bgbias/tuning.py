@@ -276,7 +276,8 @@ def run_worker(params: Params, layout: Layout, loss: str, new_tracker: Callable[
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         target = RunTarget(out_dir=out_dir, report=out_dir / "report.json", run_name=f"trial-{trial.number}",
-                           experiment=f"{params.dataset}-tuning", tags=tags, on_epoch=on_epoch)
+                           experiment=f"{params.dataset}-tuning", tags=tags, on_epoch=on_epoch,
+                           register_model=False)  # a trial's model is no release
         try:
             result = fit(_trial_params(params, loss, values, lr), layout, "base", tracker, progress=progress,
                          target=target)

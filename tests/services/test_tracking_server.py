@@ -73,8 +73,8 @@ def test_a_server_lost_mid_run_gets_the_kept_updates_later(postgres, tiny_projec
         spool = project_store(tiny_project) / UNSENT
         (kept,) = spool.glob("*.json")
         ops = [op["op"] for op in json.loads(kept.read_text())["ops"]]
-        # Epochs 2 and 3, (tags,) the best values, the checkpoint, the end, in order.
-        assert ops[:2] == ["metrics", "metrics"] and ops[-3:] == ["metrics", "artifact", "finish"]
+        # Epochs 2 and 3, (tags,) the best values, the checkpoint, the model, the end, in order.
+        assert ops[:2] == ["metrics", "metrics"] and ops[-4:] == ["metrics", "artifact", "model", "finish"]
 
         server.start()  # same port, same database
         assert main(["--params", str(tiny_project / "params.yaml"), "sync"]) == 0
@@ -85,6 +85,8 @@ def test_a_server_lost_mid_run_gets_the_kept_updates_later(postgres, tiny_projec
         _assert_curves(client, run.info.run_id)
         assert run.data.metrics["best_val_map_at_r"] == result["val_map_at_r"]
         assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
+        version = client.get_model_version_by_alias("bgbias-synthetic-multi_similarity", "base")
+        assert version.run_id == run.info.run_id  # the kept model was logged and registered once it was back
         assert not list((spool / "files").glob("*"))  # the kept checkpoint copy is gone once sent
     finally:
         server.stop()

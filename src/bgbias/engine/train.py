@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -116,14 +117,38 @@ def run_config(params: Params, mode: str, layout: Layout) -> dict:
 def training_fingerprint(params: Params, layout: Layout, mode: str, inputs: dict[str, str] | None = None) -> str:
     """The fingerprint a run of `mode` with these params has (resume, grid cells); `inputs`:
     `training_inputs` when already computed."""
-    return _fingerprint(run_config(params, mode, layout), params, layout, inputs)
+    return _fingerprint(run_config(params, mode, layout), inputs or training_inputs(params, layout))
 
 
-def _fingerprint(config: dict, params: Params, layout: Layout, inputs: dict[str, str] | None = None) -> str:
+def _fingerprint(config: dict, inputs: dict[str, str]) -> str:
     """What a resumed run must share with the killed one: the config (tuned values included)
     and the content of every input (index, masks, background pools, backbone weights)."""
-    identity = {"config": config, "inputs": inputs or training_inputs(params, layout)}
+    identity = {"config": config, "inputs": inputs}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def dataset_input(params: Params, layout: Layout, inputs: dict[str, str]) -> dict:
+    """What the run saw, as an MLflow dataset input: the dataset's name, a digest of the
+    index's and the masks' content (the index records each image's sha1), split sizes."""
+    index_csv = layout.index_csv(params.dataset)
+    summary = DatasetIndex.read(index_csv, params.selected.root).summary()
+    digest = hashlib.sha256(f"{inputs['index']}\n{inputs['masks']}".encode()).hexdigest()[:16]
+    profile = {**{f"{split}_{k}": v for split, counts in summary["splits"].items() for k, v in counts.items()},
+               "index_sha1": inputs["index"], "masks_sha1": inputs["masks"]}
+    return {"name": params.dataset, "digest": digest, "context": "training", "profile": profile,
+            "source": index_csv.relative_to(layout.root).as_posix(),
+            "columns": ["path", "class_id", "class_name", "split", "sha1"]}
+
+
+def served_model(run: Run, params: Params, layout: Layout) -> dict:
+    """How `_finish` logs the best model: its registry name, alias (the mode; `<mode>-seedN`
+    for a run of the seeds pipeline, so it leaves the default study's aliases alone) and
+    input example (the first two validation images as evaluation feeds them, uint8
+    [2, crop, crop, 3])."""
+    example = np.stack([run.val_set[i][0][:3].permute(1, 2, 0).numpy() for i in range(min(2, len(run.val_set)))])
+    alias = run.mode if layout.seed_run is None else f"{run.mode}-seed{layout.seed_run}"
+    return {"registered_name": f"bgbias-{params.dataset}-{params.loss}", "alias": alias, "example": example,
+            "resize": params.train.resize, "crop": params.train.crop}
 
 
 def _validate(model: nn.Module, loader: DataLoader, setup: DeviceSetup, pool: BackgroundPool,
@@ -144,6 +169,7 @@ class RunTarget:
     run_name: str | None = None
     experiment: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    register_model: bool = True  # log the best model and register it as bgbias-<dataset>-<loss>@<mode>
     on_epoch: Callable[[int, dict[str, float]], None] | None = None
 
 
@@ -240,11 +266,15 @@ def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bo
     run = _prepare(params, layout, mode, setup, ddp)
     out_dir = target.out_dir or layout.train_dir(params.dataset, mode)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    fingerprint = _fingerprint(run.config, params, layout)
+    inputs = training_inputs(params, layout)
+    fingerprint = _fingerprint(run.config, inputs)
     state = _start_state(run, last_path, best_path, fingerprint, resume, ddp)
 
     if ddp.is_main:
+        fresh_run = state["run_id"] is None
         _start_tracking(run, params, layout, tracker, target, state, ddp, setup)
+        if fresh_run:  # a resumed run saw the same inputs (the fingerprint says so) and has them logged
+            tracker.log_dataset(dataset_input(params, layout, inputs))
         if not state["history"]:  # epoch 0: the untrained start, the first point of every curve
             metrics = _validate(run.model, run.val_loader, setup, run.pool, run.val_draws, progress)
             state["history"].append({"epoch": 0, **metrics})
@@ -275,8 +305,9 @@ def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bo
         if not state.get("finished"):  # no epoch ran (nothing left to train): mark it finished now
             state["finished"] = True
             save_checkpoint(last_path, _last_state(state, run.model, run.loss, run.optimizer, fingerprint))
+        served = served_model(run, params, layout) if target.register_model else None
         result = _finish(state, mode, params, target.report or layout.train_report(mode), run.selection,
-                         stopped_early, tracker, best_path)
+                         stopped_early, tracker, best_path, served)
     ddp.barrier()
     return result
 
@@ -383,7 +414,7 @@ def _last_state(state: dict, model: nn.Module, loss: nn.Module, optimizer: torch
 
 
 def _finish(state: dict, mode: str, params: Params, report_path: Path, selection: str, stopped_early: bool,
-            tracker: Tracker, best_path: Path) -> dict:
+            tracker: Tracker, best_path: Path, served: dict | None = None) -> dict:
     best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
     untrained = next((h for h in state["history"] if h["epoch"] == 0), None)
     result = {
@@ -409,5 +440,7 @@ def _finish(state: dict, mode: str, params: Params, report_path: Path, selection
     write_json(report_path, result)
     tracker.log_metrics({f"best_{k}": v for k, v in best.items() if k.startswith("val_")}, step=state["best_epoch"])
     tracker.log_artifact(best_path, "checkpoints")
+    if served is not None:  # best.pt is final here: training has ended
+        tracker.log_model(best_path, **served)
     tracker.finish()
     return result
