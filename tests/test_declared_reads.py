@@ -141,12 +141,12 @@ def install_params_recorder(monkeypatch) -> ParamsRecorder:
     def model_copy(self, *args, update=None, **kwargs):
         copy = plain_copy(self, *args, update=update, **kwargs)
         path = recorder.paths.get(id(self))
-        if path is not None:  # values put in by `update` are not params reads
-            recorder.register(copy, path, skip=frozenset(update or ()))
+        if path is not None:  # values put in by `update` (this copy's or an earlier one's) are not params reads
+            recorder.register(copy, path, skip=frozenset(update or ()) | recorder.replaced[id(self)])
         return copy
 
-    def load_params(path="params.yaml"):
-        return recorder.register(real_load(path), "")
+    def load_params(path="params.yaml", base=None):
+        return recorder.register(real_load(path, base), "")
 
     monkeypatch.setattr(Section, "__getattribute__", getattribute)
     monkeypatch.setattr(Section, "model_dump", model_dump)
@@ -246,11 +246,27 @@ def make_project(tmp_path: Path) -> tuple[Path, Path]:
         "bias_curve": {"bg_correlation": [0.5], "bgaugment_p": [0.5]},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "pipelines" / "paper" / "params.yaml").write_text(yaml.safe_dump(paper_params(params)))
     tuned = root / "params" / "tuned" / "outside" / "multi_similarity.yaml"
     tuned.parent.mkdir(parents=True)
     tuned.write_text(yaml.safe_dump({"loss": "multi_similarity", "dataset": "outside",
                                      "loss_params": TUNED["multi_similarity"]}))
     return root, outside
+
+
+def paper_params(params: dict) -> dict:
+    """The paper grid's params file: one cell (the outside dataset, the project's loss, base),
+    every key its stages declare written out (DVC requires them)."""
+    grid = {key: value for key, value in params.items() if key not in ("synthetic", "mask_quality", "tune")}
+    grid["datasets"] = {"outside": params["datasets"]["outside"]}
+    grid["paper"] = {"datasets": ["outside"], "losses": [params["loss"]], "modes": ["base"], "backbone": "auto",
+                     "storage": None, "cluster": {"gpus_per_cell": 0}}
+    grid["loss_params"] = {"source": "paper", "overrides": {}}
+    grid["prepare"] = {"enabled": False}  # the grid builds no prepared store
+    grid["model"] = {**params["model"], "embedding_dim": 128, "freeze_bn": True}
+    grid["train"] = {**params["train"], "device": "cpu", "workers": None}
+    grid["tracking"] = {"uri": None}
+    return grid
 
 
 def dvc_stages(root: Path) -> list:
@@ -288,9 +304,9 @@ def declared_paths(stage, root: Path, dataset_root: Path) -> list[str]:
             continue
         path = Path(dep.fs_path)
         paths.append(os.path.realpath(path))
-        if path.parent == root / "outputs" / "inputs" and path.is_file():
+        if path.is_relative_to(root / "outputs") and "inputs" in path.parts and path.is_file():  # [paper/]inputs/...
             paths += [os.path.realpath(root / c) for c in json.loads(path.read_text())["covers"]]
-        if path.parent == root / "outputs" / "index" and path.suffix == ".csv" and path.is_file():
+        if path.parent.name == "index" and path.suffix == ".csv" and path.is_file():
             with open(path, newline="") as f:
                 paths += [os.path.realpath(dataset_root / row["path"]) for row in csv.DictReader(f)]
     return paths
@@ -318,11 +334,14 @@ def test_every_stage_declares_every_param_and_file_it_reads(tmp_path, monkeypatc
     assert sum(n.startswith("pipelines/tune/dvc.yaml:tune@") for n in names) == 5
     assert {"pipelines/bias_curve/dvc.yaml:bg_correlation@0.5", "pipelines/bias_curve/dvc.yaml:bgaugment_p@0.5",
             "pipelines/bias_curve/dvc.yaml:curve"} <= set(names), names
+    paper = "pipelines/paper/dvc.yaml:"
+    assert {f"{paper}masks@outside", f"{paper}train@outside-multi_similarity-base", f"{paper}attribute@outside-"
+            "multi_similarity-base", f"{paper}report"} <= set(names)
     assert {f"pipelines/seeds/dvc.yaml:{s}" for s in ("train@3-base", "evaluate@3", "attribute@3", "report")} <= set(names)
 
     recorder = install_params_recorder(monkeypatch)
     monkeypatch.setattr(cli, "_tracker", lambda *args, **kwargs: NullTracker())  # the MLflow store is no input
-    params_file = root / "params.yaml"
+    params_files = {"root": root / "params.yaml", "paper": root / "pipelines" / "paper" / "params.yaml"}
     watched = [os.path.realpath(p) for p in (root, outside, ASSETS)]
     problems: list[str] = []
     for stage in stages:
@@ -337,6 +356,7 @@ def test_every_stage_declares_every_param_and_file_it_reads(tmp_path, monkeypatc
             stop_recording_files()
         assert code == 0, f"{stage.addressing}: `{stage.cmd}` failed"
 
+        params_file = params_files["paper" if argv[1] == "grid" else "root"]
         for key in undeclared_params(recorder.reads, declared_params(stage, params_file)):
             problems.append(f"{stage.addressing}: reads param {key}")
         if stage.always_changed:  # runs every time: its files need no declaring (its params still do)

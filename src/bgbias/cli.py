@@ -17,8 +17,9 @@ def _params(args: argparse.Namespace):
     from bgbias.config import load_params
     from bgbias.layout import Layout
 
-    params = load_params(args.params)
-    layout = Layout(Path(args.params).resolve().parent)
+    path = args.params or "params.yaml"
+    params = load_params(path)
+    layout = Layout(Path(path).resolve().parent)
     if getattr(args, "seed", None) is not None:  # a run of pipelines/seeds: its own seed and folders
         return params.model_copy(update={"seed": args.seed}), layout.for_seed(args.seed)
     return params, layout
@@ -66,7 +67,7 @@ def cmd_masks(args: argparse.Namespace) -> None:
         raise BgbiasError(f"images folder not found: {images_dir}")
     if args.batch_size is not None and args.batch_size < 1:
         raise BgbiasError(f"--batch-size must be >= 1 (got {args.batch_size})")
-    params = _params(args)[0] if not args.assets_dir or Path(args.params).is_file() else None
+    params = _params(args)[0] if not args.assets_dir or Path(args.params or "params.yaml").is_file() else None
     assets_dir = Path(args.assets_dir) if args.assets_dir else params.assets_dir
     masks_cfg = params.masks if params else MasksConfig()  # --assets-dir and no params file: the defaults
     out_dir = Path(args.out_dir)
@@ -155,8 +156,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
     if args.worker_index is not None:  # one of `--workers N` processes
         run_worker(params, layout, params.loss, new_tracker, worker=args.worker_index)
         return
-    summary = tune(params, layout, params.loss, new_tracker, Path(args.params).resolve(), workers=args.workers,
-                   track=not args.no_track)
+    summary = tune(params, layout, params.loss, new_tracker, Path(args.params or "params.yaml").resolve(),
+                   workers=args.workers, track=not args.no_track)
     print(json.dumps(summary, indent=2, default=str))
 
 
@@ -300,9 +301,83 @@ def cmd_server(args: argparse.Namespace) -> None:
         postgres.stop()
 
 
+def cmd_grid(args: argparse.Namespace) -> None:
+    """The paper's grid (pipelines/paper/): list, prepare, run cells (here or on Ray), report."""
+    from bgbias.grid import PARAMS_FILE, Grid
+
+    params_path = Path(args.params or PARAMS_FILE)
+    grid = Grid.load(params_path)
+    layout = grid.layout
+
+    def new_tracker():
+        return _tracker(args, layout, grid.params, check=False)
+
+    if args.action == "prepare":
+        from bgbias.grid import prepare_step
+
+        return prepare_step(grid, args.step, args.dataset)
+    if args.step:  # one DVC stage of one cell: named, so the stage reads no other cell's params
+        from bgbias.grid import STEPS
+        from bgbias.grid_run import run_cell
+
+        if args.action != "run" or args.step not in STEPS or len(args.cell or ()) != 1:
+            raise BgbiasError(f"grid run {args.step}: a step ({', '.join(STEPS)}) of one cell, named with --cell")
+        _tracker(args, layout, grid.params)  # a tracking server that does not answer: one line now
+        run_cell(grid, grid.cell(args.cell[0]), new_tracker, steps=(args.step,))
+        return None
+    cells = grid.select(args.cell or (), _shard(args.shard))
+    if args.action == "list":
+        return _grid_list(grid, cells, _tracker(args, layout, grid.params))
+    if args.action == "report":
+        from bgbias.grid_report import write_grid_report
+
+        print(write_grid_report(grid, cells, _tracker(args, layout, grid.params)).read_text())
+        return None
+    _tracker(args, layout, grid.params)  # a tracking server that does not answer: one line now
+    _grid_run(args, grid, params_path, cells, new_tracker)
+
+
+def _grid_run(args: argparse.Namespace, grid, params_path: Path, cells, new_tracker) -> None:
+    if args.ray:
+        from bgbias.grid_ray import run_on_ray
+
+        outcome = run_on_ray(grid, params_path, cells, None if args.ray == "local" else args.ray)
+    else:
+        from bgbias.grid_run import run_local
+
+        outcome = run_local(grid, cells, new_tracker)
+    failed = [c for c, o in outcome.items() if o.startswith("failed")]
+    print(f"{len(outcome) - len(failed)} of {len(outcome)} cell(s) done"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if failed:
+        raise SystemExit(1)
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise BgbiasError(f"--shard {text}: expected i/n, e.g. 0/4") from None
+    return i, n
+
+
+def _grid_list(grid, cells, tracker) -> None:
+    from bgbias.grid import STATUSES, grid_runs, statuses
+
+    rows = statuses(grid, cells, grid_runs(tracker))
+    width = max(len(r["cell"]) for r in rows)
+    for r in rows:
+        note = "" if r["inputs_here"] else "  (data not prepared here: config compared)"
+        print(f"{r['index']:>3}  {r['cell']:<{width}}  {r['status']:<8} {r['fingerprint']}  {r['run_id'] or '-'}{note}")
+    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+    print(", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" (of {len(rows)})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bgbias", description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--params", help="params file (default: params.yaml; grid: pipelines/paper/params.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     parser.add_argument("--seed", type=_seed, help="train / evaluate / attribute with this training seed in its own "
                         "folders (outputs/seeds/seedN, reports/seeds/runs/seedN): the seeds pipeline's runs")
@@ -387,6 +462,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PostgreSQL port on 127.0.0.1 (default 5433: beside a system PostgreSQL on 5432)")
     p.add_argument("--dir", help="data folder (default outputs/server: kept between runs)")
     p.set_defaults(func=cmd_server)
+
+    p = sub.add_parser("grid", help="the paper's grid of datasets x losses x modes (pipelines/paper/)")
+    p.add_argument("action", choices=("list", "run", "report", "prepare"),
+                   help="list: cells and status; run: the cells not done; report: results.md from MLflow; "
+                        "prepare STEP: one preparation stage")
+    p.add_argument("step", nargs="?", choices=("inputs", "backgrounds", "index", "masks", "train", "evaluate",
+                                              "attribute"),
+                   help="prepare: inputs|backgrounds|index|masks; run: one step of one cell (a DVC stage)")
+    p.add_argument("--cell", action="append", help="a cell's id (dataset/loss/mode) or index; repeatable")
+    p.add_argument("--shard", help="i/n: cells i, i+n, i+2n, ... (0 <= i < n)")
+    p.add_argument("--dataset", help="prepare index|masks: the dataset")
+    p.add_argument("--ray", metavar="ADDRESS", help="run the cells as Ray tasks on the cluster at ADDRESS "
+                                                   "('auto': this machine's cluster; 'local': start one here)")
+    p.add_argument("--no-track", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_grid)
 
     p = sub.add_parser("mask-quality", help="stage (no arguments), or IoU of PRED_DIR masks against GT_DIR")
     p.add_argument("pred_dir", nargs="?")

@@ -321,6 +321,39 @@ class TrackingConfig(Section):
         return uri
 
 
+class ClusterConfig(Section):
+    """What each Ray task of `bgbias grid run --ray` asks the cluster for."""
+
+    cpus_per_cell: PositiveFloat = 8.0
+    gpus_per_cell: Annotated[Float, Field(ge=0.0)] = 1.0
+    cpus_per_prepare: PositiveFloat = 8.0  # the masks of a dataset (u2netp on CPU)
+    max_retries: Annotated[Int, Field(ge=0)] = 2  # a cell whose worker died is run again (resuming)
+
+
+class PaperConfig(Section):
+    """The paper's grid (pipelines/paper/): datasets x losses x modes, one cell each."""
+
+    datasets: list[str] = ["cars196", "cub200", "sop"]
+    losses: list[Literal["contrastive", "triplet", "multi_similarity", "arcface", "normalized_softmax"]] = \
+        list(LOSSES)
+    modes: list[Literal["base", "bgaugment"]] = list(MODES)
+    # auto: bninception when model.weights is given (the paper's network), else efficientnet_lite0.
+    backbone: Literal["auto", "efficientnet_lite0", "bninception", "resnet50"] = "auto"
+    # Shared folder for the grid's outputs/ and reports/ (Ray workers on several machines);
+    # null: the project. Relative to the project.
+    storage: Path | None = None
+    cluster: ClusterConfig = ClusterConfig()
+
+    @field_validator("datasets", "losses", "modes")
+    @classmethod
+    def _unique(cls, values: list) -> list:
+        if not values:
+            raise ValueError("must name at least one")
+        if len(set(values)) != len(values):
+            raise ValueError(f"names a value twice (got {values})")
+        return values
+
+
 class Params(Section):
     dataset: str
     loss: Literal["contrastive", "triplet", "multi_similarity", "arcface", "normalized_softmax"]
@@ -343,12 +376,14 @@ class Params(Section):
     bias_curve: BiasCurveConfig = BiasCurveConfig()
     tune: TuneConfig = TuneConfig()
     tracking: TrackingConfig = TrackingConfig()
+    paper: PaperConfig | None = None  # the paper grid's params file only
 
     @model_validator(mode="after")
     def _known_dataset(self) -> Params:
-        if self.dataset not in self.datasets:
-            allowed = ", ".join(sorted(self.datasets))
-            raise ValueError(f"unknown dataset '{self.dataset}'; allowed (keys of 'datasets'): {allowed}")
+        for name in [self.dataset] + (self.paper.datasets if self.paper else []):
+            if name not in self.datasets:
+                allowed = ", ".join(sorted(self.datasets))
+                raise ValueError(f"unknown dataset '{name}'; allowed (keys of 'datasets'): {allowed}")
         return self
 
     @model_validator(mode="after")
@@ -386,7 +421,10 @@ def _resolve_paths(params: Params, base: Path) -> Params:
         for name, cfg in params.datasets.items()
     }
     model = params.model.model_copy(update={"weights": absolute(params.model.weights)})
-    return params.model_copy(update={"datasets": datasets, "assets_dir": absolute(params.assets_dir), "model": model})
+    update = {"datasets": datasets, "assets_dir": absolute(params.assets_dir), "model": model}
+    if params.paper is not None:
+        update["paper"] = params.paper.model_copy(update={"storage": absolute(params.paper.storage)})
+    return params.model_copy(update=update)
 
 
 def parse_params(raw: dict, base: Path, source: str = "params") -> Params:
@@ -397,7 +435,8 @@ def parse_params(raw: dict, base: Path, source: str = "params") -> Params:
     return _resolve_paths(params, base)
 
 
-def load_params(path: Path | str = "params.yaml") -> Params:
+def load_params(path: Path | str = "params.yaml", base: Path | None = None) -> Params:
+    """`base`: the folder relative paths are resolved against (default: the file's)."""
     path = Path(path)
     if not path.is_file():
         raise BgbiasError(f"params file not found: {path}")
@@ -410,4 +449,4 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         raise BgbiasError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise BgbiasError(f"{path}: expected a mapping of keys at the top level")
-    return parse_params(raw, path.resolve().parent, source=str(path))
+    return parse_params(raw, base or path.resolve().parent, source=str(path))

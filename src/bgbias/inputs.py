@@ -76,14 +76,18 @@ def _tuned(params: Params, layout: Layout) -> dict:
     return describe_path(layout.tuned_params(params.dataset, params.loss), layout)
 
 
-def write_manifests(params: Params, layout: Layout) -> dict[str, dict]:
-    manifests = {
-        "dataset": describe_path(params.selected.root, layout),
-        "gt_masks": describe_path(params.selected.gt_masks, layout),
-        "backgrounds": _backgrounds(params, layout),
-        "weights": describe_path(params.model.weights, layout),
-        "tuned": _tuned(params, layout),
-    }
+MANIFESTS = {
+    "dataset": lambda params, layout: describe_path(params.selected.root, layout),
+    "gt_masks": lambda params, layout: describe_path(params.selected.gt_masks, layout),
+    "backgrounds": _backgrounds,
+    "weights": lambda params, layout: describe_path(params.model.weights, layout),
+    "tuned": _tuned,
+}
+
+
+def write_manifests(params: Params, layout: Layout, names: tuple[str, ...] = tuple(MANIFESTS)) -> dict[str, dict]:
+    """`names`: the manifests to write (a grid writes per-dataset and shared ones apart)."""
+    manifests = {name: MANIFESTS[name](params, layout) for name in names}
     for name, manifest in manifests.items():
         write_json(layout.input_manifest(name), manifest)
     return manifests

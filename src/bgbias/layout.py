@@ -4,11 +4,18 @@ Stage outputs live outside `data/`, which data.dvc owns. The shared inputs (synt
 backgrounds, index, masks) have one place; a training's outputs (checkpoints, evaluation,
 reports) have their own folders per run of the seeds pipeline (`seed_run`), so runs of
 several training seeds never overwrite one another.
+
+A study of its own (`study`, e.g. the paper grid of pipelines/paper/) writes under
+`outputs/<study>/` and `reports/<study>/` (below `base`, shared storage, when given), so it
+never touches the default study's files. Within it, `dataset` scopes the per-dataset files
+(input manifests, masks report) and `cell` = (loss, mode) gives a grid cell folders of its
+own: `outputs/<study>/cells/<dataset>/<loss>/<mode>/{train,eval}/` and
+`reports/<study>/cells/<dataset>/<loss>/<mode>/`, so no cell overwrites another's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
@@ -16,17 +23,50 @@ from pathlib import Path
 class Layout:
     root: Path
     seed_run: int | None = None  # a run of pipelines/seeds: training seed N in outputs/seeds/seedN/
+    study: str | None = None
+    base: Path | None = None  # where outputs/ and reports/ live (default: root)
+    dataset: str | None = None
+    cell: tuple[str, str] | None = None  # (loss, mode) of a grid cell of `dataset`
 
     def for_seed(self, seed: int) -> Layout:
         return Layout(self.root, seed_run=seed)
 
     @property
     def outputs(self) -> Path:
-        return self.root / "outputs"
+        folder = (self.base or self.root) / "outputs"
+        return folder / self.study if self.study else folder
 
     @property
     def reports(self) -> Path:
-        return self.root / "reports"
+        folder = (self.base or self.root) / "reports"
+        return folder / self.study if self.study else folder
+
+    @property
+    def figures(self) -> Path:
+        return self._cell_reports / "figures" if self.cell else self.run_reports / "figures"
+
+    def for_dataset(self, dataset: str) -> Layout:
+        return replace(self, dataset=dataset, cell=None)
+
+    def for_cell(self, dataset: str, loss: str, mode: str) -> Layout:
+        return replace(self, dataset=dataset, cell=(loss, mode))
+
+    @property
+    def cell_id(self) -> str:
+        """`<dataset>/<loss>/<mode>`: the cell's name everywhere (CLI, folders, MLflow tag)."""
+        return f"{self.dataset}/{self.cell[0]}/{self.cell[1]}"
+
+    @property
+    def _cell_outputs(self) -> Path:
+        return self.outputs / "cells" / self.cell_id
+
+    @property
+    def _cell_reports(self) -> Path:
+        return self.reports / "cells" / self.cell_id
+
+    def _check_cell(self, dataset: str, mode: str) -> None:
+        if self.cell and (dataset, mode) != (self.dataset, self.cell[1]):
+            raise ValueError(f"cell {self.cell_id} has no files of {dataset}/{mode}")
 
     @property
     def seeds_reports(self) -> Path:
@@ -51,7 +91,8 @@ class Layout:
 
     def input_manifest(self, name: str) -> Path:
         """outputs/inputs/<name>.json: the digest of an input from outside the pipeline (inputs.py)."""
-        return self.outputs / "inputs" / f"{name}.json"
+        folder = self.outputs / "inputs"
+        return (folder / self.dataset if self.dataset else folder) / f"{name}.json"
 
     def index_csv(self, dataset: str) -> Path:
         return self.outputs / "index" / f"{dataset}.csv"
@@ -64,33 +105,39 @@ class Layout:
 
     @property
     def masks_report(self) -> Path:
-        return self.reports / "masks.json"
+        return self.reports / "masks" / f"{self.dataset}.json" if self.dataset else self.reports / "masks.json"
 
     @property
     def mask_quality_report(self) -> Path:
         return self.reports / "mask_quality.json"
 
     def train_dir(self, dataset: str, mode: str) -> Path:
+        if self.cell:
+            self._check_cell(dataset, mode)
+            return self._cell_outputs / "train"
         return self.run_outputs / "train" / dataset / mode
 
     def train_report(self, mode: str) -> Path:
+        if self.cell:
+            self._check_cell(self.dataset, mode)
+            return self._cell_reports / "train.json"
         return self.run_reports / "train" / f"{mode}.json"
 
     def eval_dir(self, dataset: str) -> Path:
-        return self.run_outputs / "eval" / dataset
+        return self._cell_outputs / "eval" if self.cell else self.run_outputs / "eval" / dataset
 
     @property
     def metrics_report(self) -> Path:
-        return self.run_reports / "metrics.json"
+        return self._cell_reports / "metrics.json" if self.cell else self.run_reports / "metrics.json"
 
     @property
     def conditions_figure(self) -> Path:
         """One example row per background-swap test condition (the evaluate stage)."""
-        return self.run_reports / "figures" / "conditions.png"
+        return self.figures / "conditions.png"  # a grid cell: its own folder
 
     @property
     def attention_report(self) -> Path:
-        return self.run_reports / "attention.json"
+        return self._cell_reports / "attention.json" if self.cell else self.run_reports / "attention.json"
 
     def tuned_params(self, dataset: str, loss: str) -> Path:
         return self.root / "params" / "tuned" / dataset / f"{loss}.yaml"

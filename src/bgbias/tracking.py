@@ -59,6 +59,19 @@ class Tracker(Protocol):
 
     def finish(self, status: str = "FINISHED") -> None: ...
 
+    def search_runs(self, experiment: str, tags: Mapping[str, str]): ...
+
+
+RUN_COLUMNS = ["run_id", "status", "start_time", "end_time"]
+
+
+def runs_frame(rows: list[dict]):
+    """One row per run, columns as `mlflow.search_runs` names them: run_id, status,
+    start_time, end_time, `metrics.<name>`, `params.<name>`, `tags.<name>`."""
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=None if rows else RUN_COLUMNS)
+
 
 class NullTracker:
     """Tracks nothing (tests, `--no-track`)."""
@@ -88,6 +101,9 @@ class NullTracker:
 
     def finish(self, status="FINISHED"):
         return None
+
+    def search_runs(self, experiment, tags):
+        return runs_frame([])
 
 
 def project_store(project_root: Path) -> Path:
@@ -248,6 +264,27 @@ class MlflowTracker:
             log.warning("tracking server %s still unreachable: %d update(s) of this run kept in %s; the next "
                         "tracked command (or `bgbias sync`) sends them", redact(self.uri), len(self._pending),
                         self._spool_file or "memory (lost at exit)")
+
+    def search_runs(self, experiment, tags):
+        """The experiment's runs carrying every tag in `tags` (any value where the value is
+        None), newest first, as a pandas DataFrame (`runs_frame`)."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return runs_frame([])
+        query = " and ".join(f"tags.{k} = '{v}'" if v is not None else f"tags.{k} != ''" for k, v in tags.items())
+        rows, token = [], None
+        while True:
+            page = self.client.search_runs([found.experiment_id], query, max_results=1000, page_token=token,
+                                           order_by=["attributes.start_time DESC"])
+            for run in page:
+                rows.append({"run_id": run.info.run_id, "status": run.info.status,
+                             "start_time": run.info.start_time, "end_time": run.info.end_time,
+                             **{f"metrics.{k}": v for k, v in run.data.metrics.items()},
+                             **{f"params.{k}": v for k, v in run.data.params.items()},
+                             **{f"tags.{k}": v for k, v in run.data.tags.items()}})
+            token = page.token
+            if not token:
+                return runs_frame(rows)
 
     # Operations.
 

@@ -28,7 +28,9 @@ def _summary(scores: list[float]) -> dict:
     return {"mean": float(np.mean(scores)), "std": float(np.std(scores)), "n": len(scores)}
 
 
-def attribute_trained(params: Params, layout: Layout, tracker: Tracker | None = None, progress: bool = True) -> dict:
+def attribute_trained(params: Params, layout: Layout, tracker: Tracker | None = None, progress: bool = True,
+                      modes: tuple[str, ...] = MODES) -> dict:
+    """`modes`: the trainings to attribute (a grid cell attributes its own one)."""
     tracker = tracker or NullTracker()
     cfg = params.attribution
     setup, test_set, pool = load_test_split(params, layout)
@@ -38,7 +40,7 @@ def attribute_trained(params: Params, layout: Layout, tracker: Tracker | None = 
 
     report: dict = {"dataset": params.dataset, "loss": params.loss, "images": len(chosen), "modes": {}}
     pictures: dict = {}
-    for mode in MODES:
+    for mode in modes:
         model, config = load_trained(params, layout, mode, setup.device)
         # The distance is the loss's own (class count does not affect it).
         distance = create_loss(config["loss"], config["loss_params"], 2, params.model.embedding_dim).loss.distance
@@ -62,9 +64,9 @@ def attribute_trained(params: Params, layout: Layout, tracker: Tracker | None = 
                  report["modes"][mode]["clean"]["mean"], report["modes"][mode]["clean"]["std"],
                  report["modes"][mode]["replaced"]["mean"], report["modes"][mode]["replaced"]["std"], len(chosen))
     write_json(layout.attention_report, report)
-    figure = layout.run_reports / "figures" / "attribution.png"
+    figure = layout.figures / "attribution.png"
     attribution_grid(pictures, min(cfg.figure_rows, len(chosen)), figure)
-    for mode in MODES:
+    for mode in modes:
         if attach_training_run(tracker, layout, params.dataset, mode):
             tracker.log_metrics({f"test_attention_{c}": v["mean"] for c, v in report["modes"][mode].items()})
             tracker.log_artifact(figure, "attribution")
@@ -80,8 +82,10 @@ def attribution_grid(pictures: dict, rows: int, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [("image", "image"), ("mask", "mask"), ("base_clean", "base"), ("bgaugment_clean", "bgaugment"),
-               ("replaced", "replaced bg"), ("base_replaced", "base"), ("bgaugment_replaced", "bgaugment")]
+    columns = [(key, title) for key, title in (
+        ("image", "image"), ("mask", "mask"), ("base_clean", "base"), ("bgaugment_clean", "bgaugment"),
+        ("replaced", "replaced bg"), ("base_replaced", "base"), ("bgaugment_replaced", "bgaugment"))
+        if key in pictures]  # a grid cell has one mode's maps
     fig, axes = plt.subplots(rows, len(columns), figsize=(1.6 * len(columns), 1.6 * rows), dpi=100, squeeze=False)
     for r in range(rows):
         for c, (key, title) in enumerate(columns):

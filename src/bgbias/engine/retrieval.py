@@ -90,6 +90,7 @@ def evaluate_mode(model: Embedder, loader: DataLoader, setup: DeviceSetup, pool:
 
 def evaluate_trained(params: Params, layout: Layout, tracker: Tracker | None = None, progress: bool = True,
                      modes: tuple[str, ...] = MODES) -> dict:
+    """`modes`: the trainings to evaluate (a grid cell evaluates its own one)."""
     tracker = tracker or NullTracker()
     setup, test_set, pool = load_test_split(params, layout)
     loader = DataLoader(test_set, batch_size=params.eval.batch_size, shuffle=False, **setup.loader_options())

@@ -114,6 +114,12 @@ def run_config(params: Params, mode: str, layout: Layout) -> dict:
     }
 
 
+def training_fingerprint(params: Params, layout: Layout, mode: str, inputs: dict[str, str] | None = None) -> str:
+    """The fingerprint a run of `mode` with these params has (resume, grid cells); `inputs`:
+    `training_inputs` when already computed."""
+    return _fingerprint(run_config(params, mode, layout), inputs or training_inputs(params, layout))
+
+
 def _fingerprint(config: dict, inputs: dict[str, str]) -> str:
     """What a resumed run must share with the killed one: the config (tuned values included)
     and the content of every input (index, masks, background pools, backbone weights)."""
