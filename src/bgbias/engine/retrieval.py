@@ -93,6 +93,8 @@ def evaluate_trained(params: Params, layout: Layout, tracker: Tracker | None = N
     """`modes`: the trainings to evaluate (a grid cell evaluates its own one)."""
     tracker = tracker or NullTracker()
     setup, test_set, pool = load_test_split(params, layout)
+    # The checkpoints first: a refused one stops the stage before it writes anything.
+    trained = {mode: load_trained(params, layout, mode, setup.device) for mode in modes}
     loader = DataLoader(test_set, batch_size=params.eval.batch_size, shuffle=False, **setup.loader_options())
     draws = background_draws(pool, len(test_set), params.seed, params.eval.replaced_draws)
     eval_dir = layout.eval_dir(params.dataset)
@@ -105,7 +107,6 @@ def evaluate_trained(params: Params, layout: Layout, tracker: Tracker | None = N
                     "test_classes": test_set.num_classes, "replaced_draws": len(draws),
                     "conditions": ["clean", "replaced", *suite.conditions], "worst_of_k": len(suite.worst_draws),
                     "modes": {}}
-    trained = {mode: load_trained(params, layout, mode, setup.device) for mode in modes}
     for mode, (model, _) in trained.items():
         report["modes"][mode] = _evaluate_logged(mode, model, loader, setup, pool, draws, progress, suite)
     report["untrained"] = {name: _evaluate_logged(f"untrained ({name})", model, loader, setup, pool, draws, progress,
