@@ -177,18 +177,8 @@ def _result(job: MaskJob, future: Future) -> tuple[MaskJob, str | None]:
 def run_pipelined(jobs: list[MaskJob], masker: U2netpMasker) -> Iterator[tuple[MaskJob, str | None]]:
     """Yield (job, error or None) per job; decode/encode threads overlap the model."""
     with ThreadPoolExecutor(2) as io:
-        loads: deque[tuple[MaskJob, Future]] = deque()
         saves: deque[tuple[MaskJob, Future]] = deque()
-        pending = iter(jobs)
-        for job in pending:
-            loads.append((job, io.submit(_load, job)))
-            if len(loads) >= PREFETCH:
-                break
-        while loads:
-            job, loaded = loads.popleft()
-            nxt = next(pending, None)
-            if nxt is not None:
-                loads.append((nxt, io.submit(_load, nxt)))
+        for job, loaded in prefetched(jobs, lambda j: io.submit(_load, j), ahead=PREFETCH):
             if loaded.exception() is not None:
                 yield _result(job, loaded)
                 continue
@@ -203,6 +193,22 @@ def run_pipelined(jobs: list[MaskJob], masker: U2netpMasker) -> Iterator[tuple[M
                 yield _result(*saves.popleft())
         while saves:
             yield _result(*saves.popleft())
+
+
+def prefetched(jobs: list[MaskJob], submit, ahead: int) -> Iterator[tuple[MaskJob, Future]]:
+    """(job, future of its load) in order, keeping `ahead` loads in flight."""
+    pending: deque[tuple[MaskJob, Future]] = deque()
+    remaining = iter(jobs)
+    for job in remaining:
+        pending.append((job, submit(job)))
+        if len(pending) >= ahead:
+            break
+    while pending:
+        job, future = pending.popleft()
+        nxt = next(remaining, None)
+        if nxt is not None:
+            pending.append((nxt, submit(nxt)))
+        yield job, future
 
 
 def _worker(args: tuple[list[MaskJob], Path, int]) -> list[tuple[MaskJob, str | None]]:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from bgbias.data.images import load_rgb
-from bgbias.data.masks import INPUT_SIZE, MEAN, STD, MaskJob, postprocess, preprocess
+from bgbias.data.masks import INPUT_SIZE, MEAN, STD, MaskJob, postprocess, prefetched, preprocess
 from bgbias.data.resample import resize_lanczos
 from bgbias.files import save_image
 from bgbias.models.u2netp import u2netp_from_onnx
@@ -127,22 +127,6 @@ def _save_mask(job: MaskJob, mask: np.ndarray) -> None:
     save_image(job.mask, Image.fromarray(mask, mode="L"))
 
 
-def _prefetched(jobs: list[MaskJob], submit, ahead: int) -> Iterator[tuple[MaskJob, Future]]:
-    """(job, future of its load) in order, keeping `ahead` loads in flight."""
-    pending: deque[tuple[MaskJob, Future]] = deque()
-    remaining = iter(jobs)
-    for job in remaining:
-        pending.append((job, submit(job)))
-        if len(pending) >= ahead:
-            break
-    while pending:
-        job, future = pending.popleft()
-        nxt = next(remaining, None)
-        if nxt is not None:
-            pending.append((nxt, submit(nxt)))
-        yield job, future
-
-
 def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -174,7 +158,7 @@ def _batch_device(masker: TorchMasker, loaded: list, io: ThreadPoolExecutor) -> 
 def _batches(jobs: list[MaskJob], masker: TorchMasker, io: ThreadPoolExecutor, batch_size: int):
     """Per batch: (jobs whose load failed with their error, jobs loaded with what was loaded)."""
     load = _read if masker.device_ops else _load_host
-    stream = _prefetched(jobs, lambda job: io.submit(load, job), ahead=2 * batch_size)
+    stream = prefetched(jobs, lambda job: io.submit(load, job), ahead=2 * batch_size)
     while chunk := [item for _, item in zip(range(batch_size), stream)]:
         failed = [(job, _error(f.exception())) for job, f in chunk if f.exception() is not None]
         yield failed, [(job, f.result()) for job, f in chunk if f.exception() is None]
