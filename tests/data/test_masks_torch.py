@@ -12,7 +12,7 @@ from PIL import Image
 
 from bgbias.data.masks import (SOURCE_HASHES, MaskJob, U2netpMasker, compute_masks, folder_jobs, postprocess,
                                preprocess, resolve_engine)
-from bgbias.data.masks_torch import TorchMasker, postprocess_tensor, preprocess_tensor, run_batched
+from bgbias.data.masks_torch import TorchMasker, masks_on_device, postprocess_tensor, preprocess_tensor, run_batched
 from bgbias.errors import BgbiasError
 from tests.conftest import REPO, object_image
 
@@ -52,10 +52,31 @@ def test_device_pre_and_post_processing_equal_pillows(tmp_path):
     # The CUDA path's tensor versions of rembg's steps, run here on the CPU: the same bytes/floats.
     image = Image.open(object_image(tmp_path / "a.png", size=57, seed=4)).convert("RGB")
     chw = torch.from_numpy(np.array(image)).permute(2, 0, 1)
-    np.testing.assert_array_equal(preprocess_tensor(chw).numpy(), preprocess(image)[0])
+    np.testing.assert_array_equal(preprocess_tensor(chw[None])[0].numpy(), preprocess(image)[0])
     prediction = np.random.default_rng(0).random((1, 1, 320, 320), dtype=np.float32)
-    np.testing.assert_array_equal(postprocess_tensor(torch.from_numpy(prediction[0]), (57, 41)).numpy(),
+    np.testing.assert_array_equal(postprocess_tensor(torch.from_numpy(prediction), (57, 41))[0].numpy(),
                                   np.asarray(postprocess(prediction, (57, 41))))
+
+
+class FirstChannel:
+    """A stand-in network whose output is a known function of its input (its first channel)."""
+    device = torch.device("cpu")
+
+    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch[:, :1] * 2.0
+
+
+def test_a_batch_of_mixed_sizes_gives_each_image_its_own_mask(tmp_path):
+    # Images are resized in groups of one size and scattered back: each mask must be the one
+    # Pillow's per-image path gives for that image, in the batch's order.
+    sizes = ((57, 57), (40, 30), (57, 57), (23, 64))
+    images = [Image.open(object_image(tmp_path / f"{i}.png", size=57, seed=i)).convert("RGB").resize(size)
+              for i, size in enumerate(sizes)]
+    masks = masks_on_device(FirstChannel(), [torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in images])
+    for image, mask in zip(images, masks):
+        x = preprocess(image)
+        expected = np.asarray(postprocess(x[:, :1] * np.float32(2.0), image.size))
+        np.testing.assert_array_equal(mask, expected)
 
 
 def test_torch_backend_keeps_the_masks_contracts(tmp_path, assets_dir):

@@ -62,20 +62,46 @@ class TorchMasker:
             return self.model(x).float()
 
 
-def preprocess_tensor(image: torch.Tensor) -> torch.Tensor:
-    """uint8 (3, H, W) on any device -> (3, 320, 320) float32: `masks.preprocess`, bit for bit."""
-    small = resize_lanczos(image, INPUT_SIZE).to(torch.float64)
-    scaled = small / max(float(small.max()), 1e-6)
-    mean = torch.tensor(MEAN, dtype=torch.float64, device=image.device)[:, None, None]
-    std = torch.tensor(STD, dtype=torch.float64, device=image.device)[:, None, None]
+def preprocess_tensor(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) on any device -> (N, 3, 320, 320) float32: `masks.preprocess`, bit
+    for bit, per image (each scaled by its own maximum; no host sync)."""
+    small = resize_lanczos(images, INPUT_SIZE).to(torch.float64)
+    scaled = small / small.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+    mean = torch.tensor(MEAN, dtype=torch.float64, device=images.device)[:, None, None]
+    std = torch.tensor(STD, dtype=torch.float64, device=images.device)[:, None, None]
     return ((scaled - mean) / std).to(torch.float32)
 
 
-def postprocess_tensor(prediction: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(1, 320, 320) float32 -> uint8 (H, W) mask: `masks.postprocess`, bit for bit."""
-    lo, hi = prediction.min(), prediction.max()
-    scaled = ((prediction[0] - lo) / (hi - lo)) * 255
+def postprocess_tensor(predictions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, 1, 320, 320) float32 -> uint8 (N, H, W) masks of one size: `masks.postprocess`, bit for bit."""
+    lo = predictions.amin(dim=(1, 2, 3))[:, None, None]
+    hi = predictions.amax(dim=(1, 2, 3))[:, None, None]
+    scaled = ((predictions[:, 0] - lo) / (hi - lo)) * 255
     return resize_lanczos(scaled.to(torch.uint8), size)
+
+
+def _by_size(images: list[torch.Tensor]) -> dict[tuple[int, int], list[int]]:
+    """Positions of the (3, H, W) images per (H, W): each group is one batched resize."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault((image.shape[1], image.shape[2]), []).append(i)
+    return groups
+
+
+def masks_on_device(masker: TorchMasker, images: list[torch.Tensor]) -> list[np.ndarray]:
+    """uint8 (3, H, W) images on the device -> uint8 (H, W) masks on the host. Images of one
+    size are resized together, and each size's masks come back in one copy: a batch of one
+    photo size costs two host syncs, not two per image."""
+    groups = _by_size(images)
+    inputs = torch.empty((len(images), 3, *INPUT_SIZE[::-1]), dtype=torch.float32, device=masker.device)
+    for positions in groups.values():
+        inputs[positions] = preprocess_tensor(torch.stack([images[i] for i in positions]))
+    predictions = masker.infer(inputs)
+    masks: list = [None] * len(images)
+    for (height, width), positions in groups.items():
+        for i, mask in zip(positions, postprocess_tensor(predictions[positions], (width, height)).cpu().numpy()):
+            masks[i] = mask
+    return masks
 
 
 def _decode_on_device(jobs: list[MaskJob], data: list[bytes | np.ndarray], device: torch.device) -> list:
@@ -150,9 +176,8 @@ def _batch_device(masker: TorchMasker, loaded: list, io: ThreadPoolExecutor) -> 
     good = [(job, image) for job, image in zip(jobs, images) if not isinstance(image, BaseException)]
     if not good:
         return [], failed
-    predictions = masker.infer(torch.stack([preprocess_tensor(image) for _, image in good]))
-    masks = [postprocess_tensor(pred, (image.shape[2], image.shape[1])) for (_, image), pred in zip(good, predictions)]
-    return [(job, io.submit(_save_mask, job, mask.cpu().numpy())) for (job, _), mask in zip(good, masks)], failed
+    masks = masks_on_device(masker, [image for _, image in good])
+    return [(job, io.submit(_save_mask, job, mask)) for (job, _), mask in zip(good, masks)], failed
 
 
 def _batches(jobs: list[MaskJob], masker: TorchMasker, io: ThreadPoolExecutor, batch_size: int):

@@ -10,6 +10,7 @@ batched over a folder's worth of images on any device (tests compare with Pillow
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -59,9 +60,15 @@ def matrix(in_size: int, out_size: int) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _device_matrix(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
+    """`matrix` on `device`, made and copied once per size pair (a folder has few sizes)."""
+    return torch.from_numpy(matrix(in_size, out_size)).to(device)
+
+
 def _pass(image: torch.Tensor, out_size: int, dim: int) -> torch.Tensor:
     """One 1-D pass along `dim` of a float64 (..., H, W) tensor of uint8 values."""
-    weights = torch.from_numpy(matrix(image.shape[dim], out_size)).to(image.device)
+    weights = _device_matrix(image.shape[dim], out_size, image.device)
     acc = image.movedim(dim, -1) @ weights + (1 << (PRECISION_BITS - 1))
     return torch.clamp(torch.floor(acc / (1 << PRECISION_BITS)), 0, 255).movedim(-1, dim)
 

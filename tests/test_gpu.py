@@ -1,0 +1,77 @@
+"""The CUDA paths against their CPU references (issue 16): skipped without a CUDA device.
+
+Run on a GPU machine with `pytest -m gpu` (benchmarks/gpu_checks.sh does)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bgbias.data.device_crops import random_resized_crops
+from bgbias.data.masks import MaskJob, U2netpMasker
+from bgbias.data.masks_torch import TorchMasker, masks_on_device, run_batched
+from bgbias.data.resample import resize_lanczos
+from tests.conftest import object_image
+from tests.data.test_masks_torch import iou_at_128
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.mark.parametrize("shape,size", [((3, 227, 227), (320, 320)), ((3, 375, 500), (320, 320)),
+                                        ((1, 320, 320), (500, 375)), ((2, 3, 41, 57), (320, 320))])
+def test_lanczos_on_cuda_equals_the_cpu_bit_for_bit(shape, size):
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
+    assert torch.equal(resize_lanczos(image.cuda(), size).cpu(), resize_lanczos(image, size))
+
+
+class FirstChannel:
+    """A stand-in network (its output is its input's first channel): pre/post-processing only."""
+
+    def __init__(self, device: str):
+        self.device = torch.device(device)
+
+    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch[:, :1] * 2.0
+
+
+def test_device_pre_and_post_processing_on_cuda_equal_the_cpus():
+    rng = np.random.default_rng(1)
+    images = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)) for h, w in
+              ((227, 227), (300, 200), (227, 227))]
+    on_cpu = masks_on_device(FirstChannel("cpu"), images)
+    on_cuda = masks_on_device(FirstChannel("cuda"), [image.cuda() for image in images])
+    for a, b in zip(on_cpu, on_cuda):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cuda_masks_in_bf16_match_onnxruntimes_fp32_masks(tmp_path, assets_dir):
+    # The whole CUDA path: nvJPEG decoding (PNG through Pillow), LANCZOS and u2netp in bf16
+    # on the device; the goal is IoU >= 0.99 against onnxruntime's fp32 masks on the CPU.
+    jobs = []
+    for seed, size in enumerate((96, 160, 227, 300)):
+        png = object_image(tmp_path / "png" / f"{seed}.png", size=size, seed=seed)
+        jpeg = tmp_path / "in" / f"{seed}.jpg"
+        jpeg.parent.mkdir(exist_ok=True)
+        Image.open(png).save(jpeg, quality=95)
+        jobs += [MaskJob(path, tmp_path / "out" / f"{path.parent.name}_{seed}.png") for path in (png, jpeg)]
+    masker = TorchMasker(assets_dir / "u2netp.onnx", "cuda")
+    assert masker.dtype in (torch.bfloat16, torch.float16)
+    assert all(error is None for _, error in run_batched(jobs, masker, batch_size=3))
+    ort = U2netpMasker(assets_dir / "u2netp.onnx", threads=1)
+    ious = [iou_at_128(np.asarray(Image.open(job.mask)), np.asarray(ort.predict(Image.open(job.image).convert("RGB"))))
+            for job in jobs]
+    print("IoU per image:", " ".join(f"{iou:.4f}" for iou in ious))
+    assert min(ious) >= 0.99
+
+
+def test_device_crops_on_cuda_equal_the_cpus():
+    rng = np.random.default_rng(2)
+    padded = torch.from_numpy(rng.integers(0, 256, (4, 4, 300, 340), dtype=np.uint8))
+    sizes = torch.tensor([[300, 340], [256, 300], [280, 256], [256, 256]])
+    args = (227, (0.16, 1.0), (0.75, 4 / 3))
+    on_cpu = random_resized_crops(padded, sizes, *args, torch.Generator().manual_seed(0))
+    on_cuda = random_resized_crops(padded.cuda(), sizes, *args, torch.Generator().manual_seed(0)).cpu()
+    assert (on_cpu - on_cuda).abs().max() <= 1e-3
