@@ -2,10 +2,11 @@
 # Issue 16's GPU checks in one go, sized for a few minutes on one H100/H200:
 #   1. the pipeline's index / backgrounds / masks stages on PARAMS's dataset (masks with the
 #      backend PARAMS names: torch on CUDA), timed;
-#   2. benchmarks/masks.py: masks images/s end to end and marginal, bf16 masks' IoU against
-#      rembg's fp32 CPU masks;
+#   2. benchmarks/masks_precision.py: each precision and JPEG decoder against the exact fp32
+#      reference (IoU, images/s); benchmarks/masks.py per precision in PRECISIONS: masks
+#      images/s end to end and marginal, IoU against rembg's fp32 CPU masks;
 #   3. benchmarks/train_throughput.py for efficientnet_lite0 and bninception at 227 px,
-#      full step (decoding and prepared) against model-only;
+#      full step (decoding and prepared; also input only and loader only) against model-only;
 #   4. the GPU tests (pytest -m gpu).
 # Each step goes on when one before it fails; everything is printed and, with OUT set, kept
 # in $OUT/gpu_checks.log.
@@ -34,11 +35,16 @@ step() {  # one step, at most STEP_LIMIT seconds (default 150), timed
   step "${bgbias[@]}" masks
   cat "$(dirname "$params")/reports/masks.json" 2>/dev/null
   root=$(python3 -c 'import sys; from bgbias.config import load_params; print(load_params(sys.argv[1]).selected.root)' "$params")
-  step python3 benchmarks/masks.py --source "$root/images" -n "${MASK_IMAGES:-100000}" --copies "$copies" \
-    --reference-images "$reference_images" --backend torch --device "$device" --batch-size "${MASK_BATCH:-64}"
+  step python3 benchmarks/masks_precision.py --source "$root/images" -n "${MASK_IMAGES:-100000}" --device "$device" \
+    --batch-size "${MASK_BATCH:-64}"
+  for precision in ${PRECISIONS:-fp16 fp32}; do
+    step python3 benchmarks/masks.py --source "$root/images" -n "${MASK_IMAGES:-100000}" --copies "$copies" \
+      --reference-images "$reference_images" --backend torch --device "$device" --batch-size "${MASK_BATCH:-64}" \
+      --precision "$precision"
+  done
   for backbone in efficientnet_lite0 bninception; do
     step python3 benchmarks/train_throughput.py --params "$params" --backbone "$backbone" --crop 227 \
       --batch "${BATCH:-32}" --iterations "${ITERATIONS:-300}" --warmup "${WARMUP:-20}" --prepared
   done
-  step python3 -m pytest -q -m gpu -p no:cacheprovider tests
+  step python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
 } 2>&1 | tee "$log"

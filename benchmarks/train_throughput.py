@@ -96,32 +96,40 @@ def run(args: argparse.Namespace, store: Path) -> None:
     optimizer = torch.optim.RMSprop(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     generator = torch.Generator().manual_seed(0)
 
-    def full_step(loader, prepared: bool):
+    def steps(loader, prepared: bool, upto: str) -> float:
+        """Seconds for args.iterations steps after a warm-up, each step up to `upto`:
+        "loader" (the next batch), "input" (+ to the device, crops, BGAugment) or "train"."""
         batches = iter(loader)
 
-        def full(n: int) -> None:
+        def run(n: int) -> None:
             for _ in range(n):
                 batch, labels, _ = next(batches)
+                if upto == "loader":
+                    continue
                 if prepared:
                     padded, sizes = batch
                     batch = random_resized_crops(padded.to(setup.device, non_blocking=True), sizes, cfg.crop,
                                                  cfg.crop_scale, cfg.crop_ratio, generator)
                 images, labels = prepare_batch(batch, labels, setup, pool, generator, cfg.bgaugment_p)
-                optimise(step, optimizer, images, labels, setup)
+                if upto == "train":
+                    optimise(step, optimizer, images, labels, setup)
 
-        timed(full, args.warmup, setup.cuda)
-        return timed(full, args.iterations, setup.cuda)
+        timed(run, args.warmup, setup.cuda)
+        return timed(run, args.iterations, setup.cuda)
 
-    # Full step: loader -> device -> (crops) -> BGAugment -> forward/backward/update.
-    full_seconds = full_step(DataLoader(train_set, batch_sampler=sampler, **setup.loader_options()), False)
-    prepared_seconds = build_seconds = None
+    # Full step: loader -> device -> (crops) -> BGAugment -> forward/backward/update; and the
+    # same without the model ("input") and without anything after the loader ("loader").
+    loaders = {"decoding": lambda: DataLoader(train_set, batch_sampler=sampler, **setup.loader_options())}
+    build_seconds = None
     if args.prepared:
         start = time.perf_counter()
         prepare(index, layout.masks(params.dataset), store, cfg.resize)
         build_seconds = time.perf_counter() - start
         stored = PreparedImageDataset(index.split("train"), store, "train")
-        loader = DataLoader(stored, batch_sampler=sampler, collate_fn=pad_collate, **setup.loader_options())
-        prepared_seconds = full_step(loader, True)
+        loaders["prepared"] = lambda: DataLoader(stored, batch_sampler=sampler, collate_fn=pad_collate,
+                                                 **setup.loader_options())
+    seconds = {(name, upto): steps(make(), name == "prepared", upto)
+               for name, make in loaders.items() for upto in ("train", "input", "loader")}
 
     # Model only: the same kind of batch, already prepared on the device, reused.
     batch, labels, _ = next(iter(DataLoader(train_set, batch_sampler=sampler, num_workers=0)))
@@ -135,17 +143,18 @@ def run(args: argparse.Namespace, store: Path) -> None:
     model_seconds = timed(model_only, args.iterations, setup.cuda)
 
     images_done = args.iterations * args.batch
-    full_rate, model_rate = images_done / full_seconds, images_done / model_seconds
-    if prepared_seconds is not None:
+    model_rate = images_done / model_seconds
+    if build_seconds is not None:
         n = len(index.split("train")) + len(index.split("val"))
         print(f"prepare (build the store once): {build_seconds:.1f} s for {n} images at resize {cfg.resize}")
     device = torch.cuda.get_device_name(setup.device) if setup.cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {device}; backbone {args.backbone}, {args.crop} px, batch {args.batch}, mode {args.mode}, "
           f"workers {setup.workers}, {args.iterations} timed iterations")
-    print(f"full training step (decoding):  {full_rate:8.1f} images/s  ratio to model-only {full_rate / model_rate:.3f}")
-    if prepared_seconds is not None:
-        rate = images_done / prepared_seconds
-        print(f"full training step (prepared):  {rate:8.1f} images/s  ratio to model-only {rate / model_rate:.3f}")
+    for name in loaders:
+        rate = images_done / seconds[(name, "train")]
+        print(f"full training step ({name}): {rate:8.1f} images/s  ratio to model-only {rate / model_rate:.3f}"
+              f"   (input only {images_done / seconds[(name, 'input')]:.1f}, "
+              f"loader only {images_done / seconds[(name, 'loader')]:.1f} images/s)")
     print(f"model-only step:                {model_rate:8.1f} images/s  (goal on GPU: full >= 0.95 x model-only)")
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bgbias.config import MasksConfig
 from bgbias.data.device_crops import random_resized_crops
 from bgbias.data.masks import MaskJob, U2netpMasker
 from bgbias.data.masks_torch import TorchMasker, masks_on_device, run_batched
@@ -57,8 +58,7 @@ def test_cuda_masks_in_bf16_match_onnxruntimes_fp32_masks(tmp_path, assets_dir):
         jpeg.parent.mkdir(exist_ok=True)
         Image.open(png).save(jpeg, quality=95)
         jobs += [MaskJob(path, tmp_path / "out" / f"{path.parent.name}_{seed}.png") for path in (png, jpeg)]
-    masker = TorchMasker(assets_dir / "u2netp.onnx", "cuda")
-    assert masker.dtype in (torch.bfloat16, torch.float16)
+    masker = TorchMasker(assets_dir / "u2netp.onnx", "cuda", precision=MasksConfig().precision)
     assert all(error is None for _, error in run_batched(jobs, masker, batch_size=3))
     ort = U2netpMasker(assets_dir / "u2netp.onnx", threads=1)
     ious = [iou_at_128(np.asarray(Image.open(job.mask)), np.asarray(ort.predict(Image.open(job.image).convert("RGB"))))

@@ -163,6 +163,9 @@ class MasksConfig(Section):
     # bf16); auto: torch where CUDA is available, else onnxruntime. Same masks (data/masks_torch.py).
     backend: Literal["auto", "onnxruntime", "torch"] = "auto"
     batch_size: PositiveInt = 16  # images per torch batch
+    # The torch engine's numerics on CUDA (the CPU runs fp32): fp32 (TF32 off) gives
+    # onnxruntime's masks; tf32, fp16, bf16 trade exactness for speed (benchmarks/masks_precision.py).
+    precision: Literal["fp32", "tf32", "fp16", "bf16"] = "bf16"
 
 
 class PrepareConfig(Section):

@@ -8,9 +8,9 @@ maximum, ImageNet normalisation; min-max, uint8, LANCZOS back to the image size)
   network runs in fp32: masks equal onnxruntime's up to float summation order (tests).
 - On CUDA, JPEG files are decoded on the GPU (`torchvision.io.decode_jpeg`, other formats
   and files it refuses with Pillow), resized there with the Pillow-exact LANCZOS of
-  `data/resample.py`, and the network runs channels_last under bf16 (fp16 where bf16 is
-  not supported) autocast; only the finished uint8 masks come back, and PNG encoding and
-  writing overlap the GPU on CPU threads.
+  `data/resample.py`, and the network runs channels_last in `masks.precision`; only the
+  finished uint8 masks come back, and PNG encoding and writing overlap the GPU on CPU
+  threads.
 
 `run_batched` yields (job, error or None) per job, like `masks.run_pipelined`.
 """
@@ -37,26 +37,42 @@ IO_THREADS = 4
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
 
 
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 class TorchMasker:
     """u2netp on `device`; `device_ops`: pre/post-processing as tensors on the device
-    (always on CUDA; on the CPU only to test that path against Pillow's)."""
+    (always on CUDA; on the CPU only to test that path against Pillow's). `precision` of the
+    network on CUDA: fp32 (TF32 off: onnxruntime's masks), tf32 (TF32 convolutions), fp16 or
+    bf16 autocast; the CPU always runs fp32."""
 
-    def __init__(self, model_path: Path, device: str | torch.device = "cpu", device_ops: bool | None = None):
+    def __init__(self, model_path: Path, device: str | torch.device = "cpu", device_ops: bool | None = None,
+                 precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS} (got {precision!r})")
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.device_ops = self.cuda if device_ops is None else device_ops
         self.model = u2netp_from_onnx(model_path).to(self.device)
-        self.dtype = None
+        self.precision = precision if self.cuda else "fp32"
         if self.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
-            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _numerics(self):
+        if not self.cuda:
+            return contextlib.nullcontext()
+        if self.precision in AUTOCAST:
+            return torch.autocast("cuda", AUTOCAST[self.precision])
+        # A context, not the process-wide switch: training's own TF32 choice stays as it is.
+        return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False,
+                                          allow_tf32=self.precision == "tf32")
 
     @torch.inference_mode()
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         """(N, 3, 320, 320) float32 -> (N, 1, 320, 320) float32 saliency, on the device."""
         x = batch.to(self.device, non_blocking=True)
-        autocast = torch.autocast("cuda", self.dtype) if self.cuda else contextlib.nullcontext()
-        with autocast:
+        with self._numerics():
             if self.cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             return self.model(x).float()
