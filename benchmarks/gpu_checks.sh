@@ -3,7 +3,7 @@
 #   1. the pipeline's index / backgrounds / masks stages on PARAMS's dataset (masks with the
 #      backend PARAMS names: torch on CUDA), timed;
 #   2. benchmarks/masks_precision.py: each precision and JPEG decoder against the exact fp32
-#      reference (IoU, images/s); benchmarks/masks.py per precision in PRECISIONS: masks
+#      reference (IoU, images/s); benchmarks/masks.py per precision:decoder in MASK_CONFIGS: masks
 #      images/s end to end and marginal, IoU against rembg's fp32 CPU masks;
 #   3. benchmarks/train_throughput.py for efficientnet_lite0 and bninception at 227 px,
 #      full step (decoding and prepared; also input only and loader only) against model-only;
@@ -37,10 +37,10 @@ step() {  # one step, at most STEP_LIMIT seconds (default 150), timed
   root=$(python3 -c 'import sys; from bgbias.config import load_params; print(load_params(sys.argv[1]).selected.root)' "$params")
   step python3 benchmarks/masks_precision.py --source "$root/images" -n "${MASK_IMAGES:-100000}" --device "$device" \
     --batch-size "${MASK_BATCH:-64}"
-  for precision in ${PRECISIONS:-fp16 fp32}; do
+  for config in ${MASK_CONFIGS:-fp32:pillow fp16:nvjpeg}; do  # precision:decoder
     step python3 benchmarks/masks.py --source "$root/images" -n "${MASK_IMAGES:-100000}" --copies "$copies" \
       --reference-images "$reference_images" --backend torch --device "$device" --batch-size "${MASK_BATCH:-64}" \
-      --precision "$precision"
+      --precision "${config%%:*}" --decoder "${config#*:}"
   done
   for backbone in efficientnet_lite0 bninception; do
     step python3 benchmarks/train_throughput.py --params "$params" --backbone "$backbone" --crop 227 \

@@ -107,8 +107,9 @@ def main() -> None:
     parser.add_argument("--backend", default="onnxruntime", choices=("auto", "onnxruntime", "torch"))
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--batch-size", type=int, default=16, help="images per torch batch")
-    parser.add_argument("--precision", choices=("fp32", "tf32", "fp16", "bf16"),
+    parser.add_argument("--precision", choices=("fp32", "tf32", "fp16"),
                         help="torch engine's numerics on CUDA (default: masks.precision)")
+    parser.add_argument("--decoder", choices=("pillow", "nvjpeg"), help="JPEG decoder on CUDA (default: masks.decoder)")
     parser.add_argument("--jpeg", action="store_true", help="convert the images to JPEG (quality 95) first")
     parser.add_argument("--copies", type=int, default=1, help="run every image this many times (GPU timing)")
     parser.add_argument("--reference-images", type=int, default=None,
@@ -130,6 +131,7 @@ def main() -> None:
         count = len(list(images.iterdir()))
         engine = ["--backend", args.backend, "--device", args.device, "--batch-size", str(args.batch_size)]
         engine += ["--precision", args.precision] if args.precision else []
+        engine += ["--decoder", args.decoder] if args.decoder else []
 
         def ours(folder: Path, out: str) -> float:
             return _timed([*bgbias, "masks", str(folder), str(tmp / out), "--workers", str(args.workers),

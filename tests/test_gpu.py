@@ -48,9 +48,10 @@ def test_device_pre_and_post_processing_on_cuda_equal_the_cpus():
         np.testing.assert_array_equal(a, b)
 
 
-def test_cuda_masks_in_bf16_match_onnxruntimes_fp32_masks(tmp_path, assets_dir):
-    # The whole CUDA path: nvJPEG decoding (PNG through Pillow), LANCZOS and u2netp in bf16
-    # on the device; the goal is IoU >= 0.99 against onnxruntime's fp32 masks on the CPU.
+def test_cuda_masks_with_the_defaults_are_onnxruntimes(tmp_path, assets_dir):
+    # The whole CUDA path with the default settings (Pillow decoding on threads, LANCZOS on
+    # the device, u2netp in fp32 with TF32 off): onnxruntime's masks up to float summation
+    # order. (bf16 and fp16/nvJPEG move masks a lot: benchmarks/masks_precision.py.)
     jobs = []
     for seed, size in enumerate((96, 160, 227, 300)):
         png = object_image(tmp_path / "png" / f"{seed}.png", size=size, seed=seed)
@@ -58,13 +59,14 @@ def test_cuda_masks_in_bf16_match_onnxruntimes_fp32_masks(tmp_path, assets_dir):
         jpeg.parent.mkdir(exist_ok=True)
         Image.open(png).save(jpeg, quality=95)
         jobs += [MaskJob(path, tmp_path / "out" / f"{path.parent.name}_{seed}.png") for path in (png, jpeg)]
-    masker = TorchMasker(assets_dir / "u2netp.onnx", "cuda", precision=MasksConfig().precision)
+    defaults = MasksConfig()
+    masker = TorchMasker(assets_dir / "u2netp.onnx", "cuda", precision=defaults.precision, decoder=defaults.decoder)
     assert all(error is None for _, error in run_batched(jobs, masker, batch_size=3))
     ort = U2netpMasker(assets_dir / "u2netp.onnx", threads=1)
     ious = [iou_at_128(np.asarray(Image.open(job.mask)), np.asarray(ort.predict(Image.open(job.image).convert("RGB"))))
             for job in jobs]
     print("IoU per image:", " ".join(f"{iou:.4f}" for iou in ious))
-    assert min(ious) >= 0.99
+    assert min(ious) >= 0.999
 
 
 def test_device_crops_on_cuda_equal_the_cpus():

@@ -77,7 +77,8 @@ def cmd_masks(args: argparse.Namespace) -> None:
     report = compute_masks(jobs, out_dir, asset_path(MODEL_NAME, assets_dir), workers=args.workers,
                            backend=args.backend or masks_cfg.backend, device=args.device,
                            batch_size=args.batch_size or masks_cfg.batch_size,
-                           precision=args.precision or masks_cfg.precision)
+                           precision=args.precision or masks_cfg.precision,
+                           decoder=args.decoder or masks_cfg.decoder)
     print(f"{report.written} masks written, {report.existing} already present, {len(report.failed)} failed")
     for failure in report.failed:
         print(f"failed: {failure['image']} ({failure['error']})", file=sys.stderr)
@@ -413,8 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model engine (default: masks.backend from params; auto: torch on CUDA, else onnxruntime)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda where available")
     p.add_argument("--batch-size", type=int, help="images per torch batch (default: masks.batch_size from params)")
-    p.add_argument("--precision", choices=("fp32", "tf32", "fp16", "bf16"),
+    p.add_argument("--precision", choices=("fp32", "tf32", "fp16"),
                    help="torch engine's numerics on CUDA (default: masks.precision from params)")
+    p.add_argument("--decoder", choices=("pillow", "nvjpeg"),
+                   help="torch engine's JPEG decoder on CUDA (default: masks.decoder from params)")
     p.set_defaults(func=cmd_masks)
 
     p = tracked_stage("train", "stage: train one mode (base | bgaugment); torchrun for several processes", cmd_train)

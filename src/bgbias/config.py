@@ -163,9 +163,12 @@ class MasksConfig(Section):
     # bf16); auto: torch where CUDA is available, else onnxruntime. Same masks (data/masks_torch.py).
     backend: Literal["auto", "onnxruntime", "torch"] = "auto"
     batch_size: PositiveInt = 16  # images per torch batch
-    # The torch engine's numerics on CUDA (the CPU runs fp32): fp32 (TF32 off) gives
-    # onnxruntime's masks; tf32, fp16, bf16 trade exactness for speed (benchmarks/masks_precision.py).
-    precision: Literal["fp32", "tf32", "fp16", "bf16"] = "bf16"
+    # The torch engine on CUDA (the CPU runs fp32 on Pillow's pixels). fp32 (TF32 off) on
+    # Pillow-decoded pixels gives onnxruntime's masks; tf32/fp16 and nvJPEG decoding are up to
+    # ~3x faster but move some masks a lot (bf16 is not offered: it breaks masks, measured in
+    # benchmarks/masks_precision.py and the README).
+    precision: Literal["fp32", "tf32", "fp16"] = "fp32"
+    decoder: Literal["pillow", "nvjpeg"] = "pillow"
 
 
 class PrepareConfig(Section):

@@ -78,7 +78,8 @@ def _masks(params: Params, layout: Layout) -> dict:
     model = asset_path(MODEL_NAME, params.assets_dir)
     start = time.perf_counter()
     report = compute_masks(jobs, out_dir, model, workers=params.masks.workers, backend=params.masks.backend,
-                           batch_size=params.masks.batch_size, precision=params.masks.precision)
+                           batch_size=params.masks.batch_size, precision=params.masks.precision,
+                           decoder=params.masks.decoder)
     seconds = time.perf_counter() - start
     if report.written:
         log.info("masks: %d written in %.1f s (%.2f images/s), %d already present",

@@ -242,12 +242,13 @@ def resolve_engine(backend: str, device: str | None) -> tuple[str, str]:
 
 
 def _run(jobs: list[MaskJob], model_path: Path, workers: int, engine: tuple[str, str] = ("onnxruntime", "cpu"),
-         batch_size: int = 1, precision: str = "fp32") -> Iterator[tuple[MaskJob, str | None]]:
+         batch_size: int = 1, precision: str = "fp32", decoder: str = "pillow") -> Iterator[tuple[MaskJob, str | None]]:
     cores = os.cpu_count() or 1
     if engine[0] == "torch":  # one process: batches keep the device busy
         from bgbias.data.masks_torch import TorchMasker, run_batched
 
-        yield from run_batched(jobs, TorchMasker(model_path, engine[1], precision=precision), batch_size)
+        yield from run_batched(jobs, TorchMasker(model_path, engine[1], precision=precision, decoder=decoder),
+                               batch_size)
         return
     if workers == 1:
         yield from run_pipelined(jobs, U2netpMasker(model_path, cores))
@@ -336,10 +337,10 @@ def drop_stale_masks(jobs: list[MaskJob], out_dir: Path, sha1s: dict[str, str], 
 
 def compute_masks(jobs: Iterable[MaskJob], out_dir: Path, model_path: Path, workers: int = 1,
                   progress: bool = True, backend: str = "onnxruntime", device: str | None = None,
-                  batch_size: int = 16, precision: str = "fp32") -> MaskReport:
+                  batch_size: int = 16, precision: str = "fp32", decoder: str = "pillow") -> MaskReport:
     """Masks for `jobs`, whose mask paths lie under `out_dir`; existing up-to-date masks are kept.
-    `backend`/`device`: see `resolve_engine`; `batch_size`, `precision`: the torch engine's
-    images per batch and numerics on CUDA (`masks_torch.TorchMasker`)."""
+    `backend`/`device`: see `resolve_engine`; `batch_size`, `precision`, `decoder`: the torch
+    engine's images per batch, numerics and JPEG decoder on CUDA (`masks_torch.TorchMasker`)."""
     jobs = list(jobs)
     engine = resolve_engine(backend, device)
     check_jobs(jobs, out_dir)
@@ -355,7 +356,7 @@ def compute_masks(jobs: Iterable[MaskJob], out_dir: Path, model_path: Path, work
     if not todo:
         return report
     with record.appending() as add, tqdm(total=len(todo), desc=f"{MODEL_NAME} masks", disable=not progress) as bar:
-        for job, error in _run(todo, Path(model_path), workers, engine, batch_size, precision):
+        for job, error in _run(todo, Path(model_path), workers, engine, batch_size, precision, decoder):
             bar.update()
             if error is None:
                 report.written += 1

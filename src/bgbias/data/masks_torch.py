@@ -6,11 +6,12 @@ maximum, ImageNet normalisation; min-max, uint8, LANCZOS back to the image size)
 
 - On the CPU images are decoded and resized with Pillow (as rembg) on threads, and the
   network runs in fp32: masks equal onnxruntime's up to float summation order (tests).
-- On CUDA, JPEG files are decoded on the GPU (`torchvision.io.decode_jpeg`, other formats
-  and files it refuses with Pillow), resized there with the Pillow-exact LANCZOS of
-  `data/resample.py`, and the network runs channels_last in `masks.precision`; only the
+- On CUDA, images are decoded on CPU threads by Pillow (`masks.decoder: nvjpeg`: JPEGs on
+  the GPU by `torchvision.io.decode_jpeg`), resized on the GPU with the Pillow-exact LANCZOS
+  of `data/resample.py`, and the network runs channels_last in `masks.precision`; only the
   finished uint8 masks come back, and PNG encoding and writing overlap the GPU on CPU
-  threads.
+  threads. The defaults (pillow, fp32 with TF32 off) give onnxruntime's masks; nvjpeg and
+  fp16 are ~3x faster and move some masks (benchmarks/masks_precision.py, README).
 
 `run_batched` yields (job, error or None) per job, like `masks.run_pipelined`.
 """
@@ -18,6 +19,8 @@ maximum, ImageNet normalisation; min-max, uint8, LANCZOS back to the image size)
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import warnings
 from collections import deque
 from collections.abc import Iterator
@@ -30,14 +33,16 @@ import torch
 from bgbias.data.images import load_rgb
 from bgbias.data.masks import INPUT_SIZE, MEAN, STD, MaskJob, postprocess, prefetched, preprocess
 from bgbias.data.resample import resize_lanczos
+from bgbias.data.transfer import to_device
 from bgbias.files import save_image
 from bgbias.models.u2netp import u2netp_from_onnx
 
-IO_THREADS = 4
+IO_THREADS = min(16, max(4, os.cpu_count() or 1))  # file reads, Pillow decoding, PNG writes
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
 
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+DECODERS = ("pillow", "nvjpeg")
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -45,12 +50,17 @@ class TorchMasker:
     """u2netp on `device`; `device_ops`: pre/post-processing as tensors on the device
     (always on CUDA; on the CPU only to test that path against Pillow's). `precision` of the
     network on CUDA: fp32 (TF32 off: onnxruntime's masks), tf32 (TF32 convolutions), fp16 or
-    bf16 autocast; the CPU always runs fp32."""
+    bf16 autocast; the CPU always runs fp32. `decoder` of JPEG files for the device path:
+    pillow (on CPU threads, as rembg) or nvjpeg (on the GPU; its pixels differ from Pillow's
+    by a level here and there, which moves some masks a lot: benchmarks/masks_precision.py)."""
 
     def __init__(self, model_path: Path, device: str | torch.device = "cpu", device_ops: bool | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", decoder: str = "pillow"):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS} (got {precision!r})")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS} (got {decoder!r})")
+        self.decoder = decoder
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.device_ops = self.cuda if device_ops is None else device_ops
@@ -109,13 +119,15 @@ def masks_on_device(masker: TorchMasker, images: list[torch.Tensor]) -> list[np.
     size are resized together, and each size's masks come back in one copy: a batch of one
     photo size costs two host syncs, not two per image."""
     groups = _by_size(images)
+    rows = {size: to_device(torch.tensor(positions), masker.device) for size, positions in groups.items()}
     inputs = torch.empty((len(images), 3, *INPUT_SIZE[::-1]), dtype=torch.float32, device=masker.device)
-    for positions in groups.values():
-        inputs[positions] = preprocess_tensor(torch.stack([images[i] for i in positions]))
+    for size, positions in groups.items():
+        inputs[rows[size]] = preprocess_tensor(torch.stack([images[i] for i in positions]))
     predictions = masker.infer(inputs)
     masks: list = [None] * len(images)
     for (height, width), positions in groups.items():
-        for i, mask in zip(positions, postprocess_tensor(predictions[positions], (width, height)).cpu().numpy()):
+        group = postprocess_tensor(predictions[rows[(height, width)]], (width, height)).cpu().numpy()
+        for i, mask in zip(positions, group):
             masks[i] = mask
     return masks
 
@@ -125,7 +137,7 @@ def _decode_on_device(jobs: list[MaskJob], data: list[bytes | np.ndarray], devic
     `data`: a JPEG file's bytes (decoded here, on the device) or an image Pillow decoded."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    out: list = [torch.from_numpy(d).permute(2, 0, 1).to(device) if isinstance(d, np.ndarray) else None
+    out: list = [to_device(torch.from_numpy(d), device).permute(2, 0, 1) if isinstance(d, np.ndarray) else None
                  for d in data]
     jpegs = [i for i, d in enumerate(data) if isinstance(d, bytes)]
     if jpegs:
@@ -147,9 +159,9 @@ def _decode_on_device(jobs: list[MaskJob], data: list[bytes | np.ndarray], devic
     return out
 
 
-def _read(job: MaskJob) -> bytes | np.ndarray:
-    """On a loader thread: a JPEG file's bytes (the GPU decodes them), else the image decoded by Pillow."""
-    if job.image.suffix.lower() in JPEG_EXTENSIONS:
+def _read(job: MaskJob, nvjpeg: bool) -> bytes | np.ndarray:
+    """On a loader thread: a JPEG file's bytes (nvjpeg: the GPU decodes them), else the image decoded by Pillow."""
+    if nvjpeg and job.image.suffix.lower() in JPEG_EXTENSIONS:
         return job.image.read_bytes()
     return np.array(load_rgb(job.image))
 
@@ -198,7 +210,7 @@ def _batch_device(masker: TorchMasker, loaded: list, io: ThreadPoolExecutor) -> 
 
 def _batches(jobs: list[MaskJob], masker: TorchMasker, io: ThreadPoolExecutor, batch_size: int):
     """Per batch: (jobs whose load failed with their error, jobs loaded with what was loaded)."""
-    load = _read if masker.device_ops else _load_host
+    load = functools.partial(_read, nvjpeg=masker.decoder == "nvjpeg") if masker.device_ops else _load_host
     stream = prefetched(jobs, lambda job: io.submit(load, job), ahead=2 * batch_size)
     while chunk := [item for _, item in zip(range(batch_size), stream)]:
         failed = [(job, _error(f.exception())) for job, f in chunk if f.exception() is not None]
