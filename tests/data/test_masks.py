@@ -188,3 +188,41 @@ def test_another_model_file_redoes_every_mask(tmp_path, assets_dir):
     assert compute_masks(jobs, tmp_path / "out", model, progress=False).existing == 1
     (tmp_path / "out" / SOURCE_HASHES).write_text(json.dumps(record["sources"]))
     assert compute_masks(jobs, tmp_path / "out", other, progress=False).written == 1
+
+
+def test_masks_made_with_other_numerics_are_redone(tmp_path, assets_dir):
+    # fp16 / nvJPEG masks on a GPU differ from onnxruntime's (README): a folder made that
+    # way is not reused by an exact run, nor the other way round; exact runs keep the record
+    # as it always was (no numerics field), so existing folders stay valid.
+    import json
+
+    from bgbias.assets import sha256_of
+    from bgbias.data.masks import EXACT, SOURCE_HASHES, SourceRecord, drop_stale_masks, mask_numerics
+
+    assert mask_numerics(("onnxruntime", "cpu"), "fp16", "nvjpeg") == EXACT
+    assert mask_numerics(("torch", "cpu"), "fp16", "nvjpeg") == EXACT  # the CPU always runs fp32 on Pillow's pixels
+    assert mask_numerics(("torch", "cuda"), "fp32", "pillow") == EXACT
+    assert mask_numerics(("torch", "cuda"), "fp16", "nvjpeg") == "cuda-fp16-nvjpeg"
+    assert mask_numerics(("torch", "cuda"), "fp32", "nvjpeg") == "cuda-fp32-nvjpeg"
+
+    object_image(tmp_path / "in" / "0.png", size=40)
+    jobs = folder_jobs(tmp_path / "in", tmp_path / "out")
+    model = assets_dir / "u2netp.onnx"
+    assert compute_masks(jobs, tmp_path / "out", model, progress=False).written == 1
+    record_path = tmp_path / "out" / SOURCE_HASHES
+    assert set(json.loads(record_path.read_text())) == {"model_sha256", "sources"}
+    sha1s = {"0.png": json.loads(record_path.read_text())["sources"]["0.png"]}
+
+    drop_stale_masks(jobs, tmp_path / "out", sha1s, sha256_of(model), "cuda-fp16-nvjpeg")
+    assert not jobs[0].mask.exists()  # exact masks are not what an fp16 run would make
+    jobs[0].mask.write_bytes(b"stands for the fp16 run's mask")
+    record = SourceRecord(tmp_path / "out")  # as the fp16 run records the mask it wrote
+    record.made_from["0.png"] = sha1s["0.png"]
+    record.save()
+    assert json.loads(record_path.read_text())["numerics"] == "cuda-fp16-nvjpeg"
+    drop_stale_masks(jobs, tmp_path / "out", sha1s, sha256_of(model), "cuda-fp16-nvjpeg")
+    assert jobs[0].mask.exists()  # same numerics: kept
+    report = compute_masks(jobs, tmp_path / "out", model, progress=False)  # exact again: redone
+    assert (report.written, report.existing) == (1, 0)
+    assert set(json.loads(record_path.read_text())) == {"model_sha256", "sources"}
+

@@ -18,7 +18,6 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from bgbias.data.images import is_image_file, load_rgb
-from bgbias.data.transfer import to_device
 from bgbias.errors import BgbiasError
 
 # A crop covers this share range of the photo's side: large enough to look like a scene,
@@ -32,7 +31,7 @@ class BackgroundDraw:
     box: torch.Tensor  # float [B, 3]: crop side share, centre x and y in [-1, 1] grid units
 
     def to(self, device: torch.device) -> BackgroundDraw:
-        return BackgroundDraw(to_device(self.photo, device), to_device(self.box, device))
+        return BackgroundDraw(self.photo.to(device), self.box.to(device))
 
     def select(self, index: torch.Tensor) -> BackgroundDraw:
         return BackgroundDraw(self.photo[index], self.box[index])
@@ -91,5 +90,5 @@ def replace_backgrounds(images: torch.Tensor, masks: torch.Tensor, pool: Backgro
     backgrounds = pool.render(draw, images.shape[-2], images.shape[-1])
     if apply is not None:
         # Where not applied, the mask is treated as all foreground: the image is unchanged.
-        masks = torch.where(to_device(apply, masks.device).view(-1, 1, 1, 1), masks, torch.ones_like(masks))
+        masks = torch.where(apply.view(-1, 1, 1, 1).to(masks.device), masks, torch.ones_like(masks))
     return composite(images, masks, backgrounds)

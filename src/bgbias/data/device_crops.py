@@ -20,8 +20,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from bgbias.data.transfer import to_device
-
 ATTEMPTS = 10  # torchvision's
 
 
@@ -65,7 +63,7 @@ def _axis(start: torch.Tensor, length: torch.Tensor, out: int, padded: int) -> t
 def resized_crops(batch: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
     """batch [B, C, Hmax, Wmax] (any dtype, on the device), boxes long [B, 4], flips bool [B]
     -> float [B, C, size, size] in the batch's value range."""
-    boxes, flips = to_device(boxes, batch.device), to_device(flips, batch.device)
+    boxes, flips = boxes.to(batch.device), flips.to(batch.device)
     ys = _axis(boxes[:, 0].double(), boxes[:, 2].double(), size, batch.shape[2])  # [B, size]
     xs = _axis(boxes[:, 1].double(), boxes[:, 3].double(), size, batch.shape[3])
     xs = torch.where(flips[:, None], xs.flip(1), xs)

@@ -56,6 +56,7 @@ STD = (0.229, 0.224, 0.225)
 PREFETCH = 8  # images decoded ahead of the model
 SOURCE_HASHES = "source_hashes.json"
 SOURCE_JOURNAL = "source_hashes.journal"
+EXACT = "exact"  # masks equal to onnxruntime's (mask_numerics)
 # Records written before the model's hash was recorded are a flat {mask: sha1} map; they
 # were made by the only model the checksum check then allowed, this one.
 LEGACY_MODEL_SHA256 = "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8"
@@ -279,10 +280,12 @@ class SourceRecord:
         self.path, self.journal = Path(out_dir) / SOURCE_HASHES, Path(out_dir) / SOURCE_JOURNAL
         self.made_from: dict[str, str] = {}
         self.model_sha256: str | None = None  # the model the recorded masks were made with
+        self.numerics = EXACT  # and how (mask_numerics)
         try:
             loaded = json.loads(self.path.read_text(encoding="utf-8"))
             if isinstance(loaded, dict) and "sources" in loaded:
                 self.model_sha256, self.made_from = loaded.get("model_sha256"), dict(loaded["sources"])
+                self.numerics = str(loaded.get("numerics", EXACT))
             elif isinstance(loaded, dict):  # legacy flat record
                 self.model_sha256, self.made_from = LEGACY_MODEL_SHA256, loaded
         except FileNotFoundError:
@@ -298,7 +301,8 @@ class SourceRecord:
                     continue
 
     def save(self) -> None:
-        write_json(self.path, {"model_sha256": self.model_sha256, "sources": self.made_from})
+        numerics = {} if self.numerics == EXACT else {"numerics": self.numerics}  # exact: the record as before
+        write_json(self.path, {"model_sha256": self.model_sha256, **numerics, "sources": self.made_from})
         self.journal.unlink(missing_ok=True)
 
     @contextmanager
@@ -316,12 +320,22 @@ class SourceRecord:
             self.save()
 
 
-def drop_stale_masks(jobs: list[MaskJob], out_dir: Path, sha1s: dict[str, str], model_sha256: str) -> SourceRecord:
+def mask_numerics(engine: tuple[str, str], precision: str, decoder: str) -> str:
+    """"exact" where the masks are onnxruntime's up to float summation order (onnxruntime;
+    torch on the CPU; torch on CUDA in fp32 on Pillow's pixels), else e.g. "cuda-fp16-nvjpeg"."""
+    if engine[0] == "onnxruntime" or engine[1] == "cpu" or (precision, decoder) == ("fp32", "pillow"):
+        return EXACT
+    return f"{engine[1]}-{precision}-{decoder}"
+
+
+def drop_stale_masks(jobs: list[MaskJob], out_dir: Path, sha1s: dict[str, str], model_sha256: str,
+                     numerics: str = "exact") -> SourceRecord:
     """Delete the masks not recorded as made from the current image file (`sha1s` by mask
-    key) by the current model, and save the record of those kept; returns it."""
+    key) by the current model with the current numerics, and save the record of those kept."""
     record = SourceRecord(out_dir)
-    made_from = record.made_from if record.model_sha256 == model_sha256 else {}  # another model: none is current
-    record.model_sha256 = model_sha256
+    current = record.model_sha256 == model_sha256 and record.numerics == numerics
+    made_from = record.made_from if current else {}  # another model or numerics: none is current
+    record.model_sha256, record.numerics = model_sha256, numerics
     record.made_from = {key: sha1 for key, sha1 in made_from.items() if key not in sha1s}  # images not in this run
     for job in jobs:
         key = job.mask.relative_to(out_dir).as_posix()
@@ -348,7 +362,8 @@ def compute_masks(jobs: Iterable[MaskJob], out_dir: Path, model_path: Path, work
         if directory.is_dir():
             remove_stale_temps(directory)
     sha1s = {job.mask.relative_to(out_dir).as_posix(): _sha1(job) for job in jobs}
-    record = drop_stale_masks(jobs, Path(out_dir), sha1s, sha256_of(Path(model_path)))
+    record = drop_stale_masks(jobs, Path(out_dir), sha1s, sha256_of(Path(model_path)),
+                              mask_numerics(engine, precision, decoder))
     todo = [job for job in jobs if not job.mask.is_file()]
     report = MaskReport(existing=len(jobs) - len(todo))
     if report.existing:

@@ -33,7 +33,6 @@ import torch
 from bgbias.data.images import load_rgb
 from bgbias.data.masks import INPUT_SIZE, MEAN, STD, MaskJob, postprocess, prefetched, preprocess
 from bgbias.data.resample import resize_lanczos
-from bgbias.data.transfer import to_device
 from bgbias.files import save_image
 from bgbias.models.u2netp import u2netp_from_onnx
 
@@ -119,7 +118,7 @@ def masks_on_device(masker: TorchMasker, images: list[torch.Tensor]) -> list[np.
     size are resized together, and each size's masks come back in one copy: a batch of one
     photo size costs two host syncs, not two per image."""
     groups = _by_size(images)
-    rows = {size: to_device(torch.tensor(positions), masker.device) for size, positions in groups.items()}
+    rows = {size: torch.tensor(positions, device=masker.device) for size, positions in groups.items()}
     inputs = torch.empty((len(images), 3, *INPUT_SIZE[::-1]), dtype=torch.float32, device=masker.device)
     for size, positions in groups.items():
         inputs[rows[size]] = preprocess_tensor(torch.stack([images[i] for i in positions]))
@@ -137,7 +136,7 @@ def _decode_on_device(jobs: list[MaskJob], data: list[bytes | np.ndarray], devic
     `data`: a JPEG file's bytes (decoded here, on the device) or an image Pillow decoded."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    out: list = [to_device(torch.from_numpy(d), device).permute(2, 0, 1) if isinstance(d, np.ndarray) else None
+    out: list = [torch.from_numpy(d).permute(2, 0, 1).to(device) if isinstance(d, np.ndarray) else None
                  for d in data]
     jpegs = [i for i, d in enumerate(data) if isinstance(d, bytes)]
     if jpegs:
