@@ -1,7 +1,8 @@
 """The torch masks engine's numerics and JPEG decoder on CUDA against its exact reference.
 
-Per variant (network precision x decoder), over the same images already in memory (file
-reads and PNG writes left out): images/s of decode + LANCZOS + u2netp + post-processing,
+Per variant (network precision x decoder), over the same images (PNG writes left out; nvjpeg
+decodes file bytes read beforehand, pillow reads and decodes each file in the timed loop, on
+one thread): images/s of decode + LANCZOS + u2netp + post-processing,
 and each image's mask IoU at 128 against the reference variant, fp32 with TF32 off on
 Pillow-decoded pixels, which is onnxruntime's computation (checked here on the first
 `--onnx-images` images against onnxruntime on the CPU). The goal for the default
@@ -47,7 +48,7 @@ def run_variant(files: list[Path], data: list[bytes], precision: str, decoder: s
         if decoder == "nvjpeg":
             jobs = [MaskJob(files[i], Path("unused")) for i in chunk]
             images = _decode_on_device(jobs, [data[i] for i in chunk], masker.device)
-        else:
+        else:  # read and decoded here, one at a time: a lower bound next to the stage's decoding threads
             images = [torch.from_numpy(np.array(load_rgb(files[i]))).permute(2, 0, 1).to(masker.device) for i in chunk]
         return masks_on_device(masker, images)
 

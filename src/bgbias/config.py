@@ -159,8 +159,9 @@ class MasksConfig(Section):
     # Processes; each uses cpu_count // workers ONNX threads. 1 is fastest on 2 cores
     # because decode/encode threads already overlap the model (benchmarks/masks.py).
     workers: PositiveInt = 1
-    # onnxruntime (CPU, one image at a time) or the torch port (batched; CUDA: GPU decoding,
-    # bf16); auto: torch where CUDA is available, else onnxruntime. Same masks (data/masks_torch.py).
+    # onnxruntime (CPU, one image at a time) or the torch port (batched); auto: torch where
+    # CUDA is available, else onnxruntime. Same masks with the default precision and decoder
+    # (data/masks_torch.py).
     backend: Literal["auto", "onnxruntime", "torch"] = "auto"
     batch_size: PositiveInt = 16  # images per torch batch
     # The torch engine on CUDA (the CPU runs fp32 on Pillow's pixels). fp32 (TF32 off) on

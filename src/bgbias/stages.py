@@ -12,7 +12,7 @@ from bgbias.config import Params
 from bgbias.data.backgrounds import build_pools
 from bgbias.data.datasets import DatasetIndex, build_index
 from bgbias.data.mask_quality import evaluate_masks
-from bgbias.data.masks import MODEL_NAME, MaskJob, check_folders, check_jobs, compute_masks, mask_path_for
+from bgbias.data.masks import EXACT, MODEL_NAME, MaskJob, check_folders, check_jobs, compute_masks, mask_path_for
 from bgbias.data.synthetic import generate
 from bgbias.errors import BgbiasError
 from bgbias.files import write_json
@@ -87,6 +87,8 @@ def _masks(params: Params, layout: Layout) -> dict:
     # Deterministic content only (no timings), so an unchanged rerun leaves the file as it was.
     summary = {"dataset": params.dataset, "model": MODEL_NAME, "model_sha256": sha256_of(model), "images": len(jobs),
                "failed": report.failed}
+    if report.numerics != EXACT:  # masks that differ from onnxruntime's (fp16, nvJPEG...): said so
+        summary["numerics"] = report.numerics
     write_json(layout.masks_report, summary)
     if report.failed:
         first = report.failed[0]

@@ -12,6 +12,7 @@ from PIL import Image
 
 from bgbias.data.masks import (SOURCE_HASHES, MaskJob, U2netpMasker, compute_masks, folder_jobs, postprocess,
                                preprocess, resolve_engine)
+from bgbias.data import masks_torch
 from bgbias.data.masks_torch import TorchMasker, masks_on_device, postprocess_tensor, preprocess_tensor, run_batched
 from bgbias.errors import BgbiasError
 from tests.conftest import REPO, object_image
@@ -66,10 +67,12 @@ class FirstChannel:
         return batch[:, :1] * 2.0
 
 
-def test_a_batch_of_mixed_sizes_gives_each_image_its_own_mask(tmp_path):
-    # Images are resized in groups of one size and scattered back: each mask must be the one
-    # Pillow's per-image path gives for that image, in the batch's order.
-    sizes = ((57, 57), (40, 30), (57, 57), (23, 64))
+@pytest.mark.parametrize("group_pixels", [1 << 26, 2 * 57 * 57 - 1])  # one group per size; the 57 px ones split
+def test_a_batch_of_mixed_sizes_gives_each_image_its_own_mask(tmp_path, monkeypatch, group_pixels):
+    # Images are resized in groups of one size (split to bound device memory) and scattered
+    # back: each mask must be the one Pillow's per-image path gives for that image, in order.
+    monkeypatch.setattr(masks_torch, "GROUP_PIXELS", group_pixels)
+    sizes = ((57, 57), (40, 30), (57, 57), (23, 64), (57, 57))
     images = [Image.open(object_image(tmp_path / f"{i}.png", size=57, seed=i)).convert("RGB").resize(size)
               for i, size in enumerate(sizes)]
     masks = masks_on_device(FirstChannel(), [torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in images])

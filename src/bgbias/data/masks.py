@@ -74,6 +74,7 @@ class MaskReport:
     written: int = 0
     existing: int = 0
     failed: list[dict] = field(default_factory=list)
+    numerics: str = "exact"  # mask_numerics of the engine used
 
     def as_dict(self) -> dict:
         return {"written": self.written, "existing": self.existing, "failed": self.failed}
@@ -334,6 +335,8 @@ def drop_stale_masks(jobs: list[MaskJob], out_dir: Path, sha1s: dict[str, str], 
     key) by the current model with the current numerics, and save the record of those kept."""
     record = SourceRecord(out_dir)
     current = record.model_sha256 == model_sha256 and record.numerics == numerics
+    if not current:  # a kill before save() ends must not leave the old run's journal to be merged later
+        record.journal.unlink(missing_ok=True)
     made_from = record.made_from if current else {}  # another model or numerics: none is current
     record.model_sha256, record.numerics = model_sha256, numerics
     record.made_from = {key: sha1 for key, sha1 in made_from.items() if key not in sha1s}  # images not in this run
@@ -362,10 +365,10 @@ def compute_masks(jobs: Iterable[MaskJob], out_dir: Path, model_path: Path, work
         if directory.is_dir():
             remove_stale_temps(directory)
     sha1s = {job.mask.relative_to(out_dir).as_posix(): _sha1(job) for job in jobs}
-    record = drop_stale_masks(jobs, Path(out_dir), sha1s, sha256_of(Path(model_path)),
-                              mask_numerics(engine, precision, decoder))
+    numerics = mask_numerics(engine, precision, decoder)
+    record = drop_stale_masks(jobs, Path(out_dir), sha1s, sha256_of(Path(model_path)), numerics)
     todo = [job for job in jobs if not job.mask.is_file()]
-    report = MaskReport(existing=len(jobs) - len(todo))
+    report = MaskReport(existing=len(jobs) - len(todo), numerics=numerics)
     if report.existing:
         log.info("%d masks already present, %d to compute", report.existing, len(todo))
     if not todo:

@@ -73,7 +73,8 @@ class TorchMasker:
             return contextlib.nullcontext()
         if self.precision in AUTOCAST:
             return torch.autocast("cuda", AUTOCAST[self.precision])
-        # A context, not the process-wide switch: training's own TF32 choice stays as it is.
+        # A context (cudnn's flags restored on exit), so training's own TF32 choice stays as
+        # it was; masks run on one thread.
         return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False,
                                           allow_tf32=self.precision == "tf32")
 
@@ -105,12 +106,19 @@ def postprocess_tensor(predictions: torch.Tensor, size: tuple[int, int]) -> torc
     return resize_lanczos(scaled.to(torch.uint8), size)
 
 
-def _by_size(images: list[torch.Tensor]) -> dict[tuple[int, int], list[int]]:
-    """Positions of the (3, H, W) images per (H, W): each group is one batched resize."""
-    groups: dict[tuple[int, int], list[int]] = {}
+GROUP_PIXELS = 1 << 26  # per batched resize: float64 RGB of 67 M pixels is 1.6 GB on the device
+
+
+def _by_size(images: list[torch.Tensor]) -> list[list[int]]:
+    """Positions of the (3, H, W) images grouped by (H, W), each group one batched resize of
+    at most GROUP_PIXELS pixels (64 photos of 12 MP would need 18 GB at once)."""
+    groups: dict[tuple[int, int], list[list[int]]] = {}
     for i, image in enumerate(images):
-        groups.setdefault((image.shape[1], image.shape[2]), []).append(i)
-    return groups
+        chunks = groups.setdefault((image.shape[1], image.shape[2]), [[]])
+        if chunks[-1] and (len(chunks[-1]) + 1) * image.shape[1] * image.shape[2] > GROUP_PIXELS:
+            chunks.append([])
+        chunks[-1].append(i)
+    return [chunk for chunks in groups.values() for chunk in chunks]
 
 
 def masks_on_device(masker: TorchMasker, images: list[torch.Tensor]) -> list[np.ndarray]:
@@ -118,15 +126,15 @@ def masks_on_device(masker: TorchMasker, images: list[torch.Tensor]) -> list[np.
     size are resized together, and each size's masks come back in one copy: a batch of one
     photo size costs two host syncs, not two per image."""
     groups = _by_size(images)
-    rows = {size: torch.tensor(positions, device=masker.device) for size, positions in groups.items()}
+    rows = [torch.tensor(positions, device=masker.device) for positions in groups]
     inputs = torch.empty((len(images), 3, *INPUT_SIZE[::-1]), dtype=torch.float32, device=masker.device)
-    for size, positions in groups.items():
-        inputs[rows[size]] = preprocess_tensor(torch.stack([images[i] for i in positions]))
+    for positions, row in zip(groups, rows):
+        inputs[row] = preprocess_tensor(torch.stack([images[i] for i in positions]))
     predictions = masker.infer(inputs)
     masks: list = [None] * len(images)
-    for (height, width), positions in groups.items():
-        group = postprocess_tensor(predictions[rows[(height, width)]], (width, height)).cpu().numpy()
-        for i, mask in zip(positions, group):
+    for positions, row in zip(groups, rows):
+        height, width = images[positions[0]].shape[1:]
+        for i, mask in zip(positions, postprocess_tensor(predictions[row], (width, height)).cpu().numpy()):
             masks[i] = mask
     return masks
 
