@@ -90,6 +90,22 @@ def test_registered_model_embeds_as_evaluation_does(registered):
     assert np.asarray(example).shape == (2, 32, 32, 3)  # two validation images, evaluation-sized
 
 
+def test_a_retried_registration_adds_no_second_version(registered):
+    # A server lost after it registered the version but before it answered: the queued
+    # model operation is sent again, with the same logged model; no version 2 appears.
+    from mlflow.tracking import MlflowClient
+
+    from bgbias.tracking import _global_tracking_uri
+
+    uri = tracking_uri(registered)
+    version = MlflowClient(uri).get_model_version_by_alias(NAME, "base")
+    tracker = MlflowTracker(uri)
+    with _global_tracking_uri(uri):
+        again = tracker._register(NAME, "base", version.source.removeprefix("models:/"), version.run_id, {})
+    assert again == str(version.version) == "1"
+    assert [str(v.version) for v in MlflowClient(uri).search_model_versions(f"name = '{NAME}'")] == ["1"]
+
+
 def test_training_logs_its_dataset_as_an_input(registered):
     from mlflow.tracking import MlflowClient
 

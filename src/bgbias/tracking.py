@@ -391,16 +391,21 @@ class MlflowTracker:
 
     def _register(self, name: str, alias: str, model_id: str, run_id: str, tags: dict[str, str]) -> str:
         """A new version of `name` (created if absent) from a logged model; `alias` moves to it.
-        Called under `_global_tracking_uri`: the registry resolves the source through it."""
+        Idempotent: a retry after a server lost before it answered finds the version it made
+        (same logged model) instead of adding a second one. Called under `_global_tracking_uri`:
+        the registry resolves the source through it."""
         try:
             self.client.create_registered_model(
                 name, description="bgbias embedder: uint8 RGB images [B, H, W, 3] -> L2-normalised embeddings")
         except Exception:
             self.client.get_registered_model(name)  # created meanwhile by the other mode's training, else raises
-        version = self.client.create_model_version(name, f"models:/{model_id}", run_id=run_id, tags=tags,
-                                                   model_id=model_id)
-        self.client.set_registered_model_alias(name, alias, version.version)
-        return version.version
+        source = f"models:/{model_id}"
+        made = [v for v in self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+                if v.source == source]
+        version = made[0] if made else self.client.create_model_version(name, source, run_id=run_id, tags=tags,
+                                                                          model_id=model_id)
+        self.client.set_registered_model_alias(name, alias, str(version.version))
+        return str(version.version)  # search results carry an int, created versions a str
 
     def _keep(self, op: dict) -> None:
         if op["op"] == "model" and not op.get("copy"):
