@@ -74,7 +74,7 @@ class MaskReport:
     written: int = 0
     existing: int = 0
     failed: list[dict] = field(default_factory=list)
-    numerics: str = "exact"  # mask_numerics of the engine used
+    numerics: str = EXACT  # mask_numerics of the engine used
 
     def as_dict(self) -> dict:
         return {"written": self.written, "existing": self.existing, "failed": self.failed}
@@ -330,7 +330,7 @@ def mask_numerics(engine: tuple[str, str], precision: str, decoder: str) -> str:
 
 
 def drop_stale_masks(jobs: list[MaskJob], out_dir: Path, sha1s: dict[str, str], model_sha256: str,
-                     numerics: str = "exact") -> SourceRecord:
+                     numerics: str = EXACT) -> SourceRecord:
     """Delete the masks not recorded as made from the current image file (`sha1s` by mask
     key) by the current model with the current numerics, and save the record of those kept."""
     record = SourceRecord(out_dir)
