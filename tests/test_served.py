@@ -124,6 +124,33 @@ def test_training_logs_its_dataset_as_an_input(registered):
     assert {t.key: t.value for t in dataset_input.tags} == {"mlflow.data.context": "training"}
 
 
+def test_evaluation_logs_its_test_split_as_an_input(registered, tmp_path):
+    # The test metrics point at what they were computed on: the index, masks and background
+    # pools by content (a dataset of its own, "<dataset>-test", context "evaluation").
+    from mlflow.tracking import MlflowClient
+
+    from bgbias.engine.retrieval import evaluate_trained
+    from bgbias.inputs import data_inputs
+
+    root = tmp_path / "project"
+    shutil.copytree(registered, root)  # the training's run and store too; the shared one stays as it is
+    params, layout = load_params(root / "params.yaml"), Layout(root)
+    evaluate_trained(params, layout, MlflowTracker.for_project(root), progress=False, modes=("base",))
+    client = MlflowClient(tracking_uri(root))
+    run = client.get_run(client.get_model_version_by_alias(NAME, "base").run_id)
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"synthetic", "synthetic-test"}
+    tested = inputs["synthetic-test"]
+    digests = data_inputs(params, layout)
+    assert tested.dataset.digest == hashlib.sha256(
+        f"{digests['index']}\n{digests['masks']}\n{digests['backgrounds']}".encode()).hexdigest()[:16]
+    assert {t.key: t.value for t in tested.tags} == {"mlflow.data.context": "evaluation"}
+    profile = json.loads(tested.dataset.profile)
+    assert (profile["test_images"], profile["test_classes"], profile["replaced_draws"]) == (12, 3, 3)
+    assert profile["test_backgrounds"] == len(list((root / "outputs" / "backgrounds" / "test").iterdir()))
+    assert "test_clean_map_at_r" in run.data.metrics
+
+
 def test_query_ranks_the_test_split_and_draws_a_contact_sheet(registered, tmp_path, capsys):
     expected, labels, samples, _ = evaluation_embeddings(registered)
     query = samples[5]  # a test image: its class is known and it is not its own neighbour

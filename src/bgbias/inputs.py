@@ -109,6 +109,11 @@ def weights_digest(model: ModelConfig) -> str:
 def training_inputs(params: Params, layout: Layout) -> dict[str, str]:
     """Content digests of what a training reads besides its config: the index (which records
     each image's sha1), the masks, the background pools and the backbone weights."""
+    return {**data_inputs(params, layout), "weights": weights_digest(params.model)}
+
+
+def data_inputs(params: Params, layout: Layout) -> dict[str, str]:
+    """Content digests of the index, the masks and the background pools (what an evaluation reads)."""
     digests = {}
     for name, path, stage in (("index", layout.index_csv(params.dataset), "index"),
                               ("masks", layout.masks(params.dataset), "masks"),
@@ -116,5 +121,4 @@ def training_inputs(params: Params, layout: Layout) -> dict[str, str]:
         if not path.exists():
             raise BgbiasError(f"{path} not found (run `dvc repro {stage}`)")
         digests[name] = content_digest(path)[1]
-    digests["weights"] = weights_digest(params.model)
     return digests

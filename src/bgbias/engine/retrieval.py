@@ -23,7 +23,9 @@ from bgbias.engine.evaluate import METRICS, embed, retrieval_metrics, summarize_
 from bgbias.engine.seeds import Stream, derived_seed
 from bgbias.errors import BgbiasError
 from bgbias.files import write_json, write_text
+from bgbias.inputs import data_inputs
 from bgbias.layout import Layout
+from bgbias.lineage import evaluation_input
 from bgbias.models import Embedder, PooledFeatures, create_model, initial_model
 from bgbias.tracking import NullTracker, Tracker
 
@@ -114,9 +116,13 @@ def evaluate_trained(params: Params, layout: Layout, tracker: Tracker | None = N
                            for name, model in untrained_references(trained[modes[0]][1], params, setup.device).items()}
     flat = {f"untrained_{name}_{k}": v for name, result in report["untrained"].items()
             for k, v in flat_test_metrics(result, prefix="test").items()}
+    tested_on = None
     for mode in modes:
         if attach_training_run(tracker, layout, params.dataset, mode):
             tracker.log_metrics({**flat_test_metrics(report["modes"][mode]), **flat})
+            tested_on = tested_on or evaluation_input(params, layout, data_inputs(params, layout), len(test_set),
+                                                      test_set.num_classes, len(pool))
+            tracker.log_dataset(tested_on)
     write_json(layout.metrics_report, report)
     return report
 

@@ -48,6 +48,7 @@ from bgbias.errors import BgbiasError
 from bgbias.files import write_json
 from bgbias.inputs import training_inputs
 from bgbias.layout import Layout
+from bgbias.lineage import training_input
 from bgbias.losses import create_loss
 from bgbias.models import Embedder, initial_model
 from bgbias.tracking import NullTracker, Tracker, context_tags
@@ -125,20 +126,6 @@ def _fingerprint(config: dict, inputs: dict[str, str]) -> str:
     and the content of every input (index, masks, background pools, backbone weights)."""
     identity = {"config": config, "inputs": inputs}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
-def dataset_input(params: Params, layout: Layout, inputs: dict[str, str]) -> dict:
-    """What the run saw, as an MLflow dataset input: the dataset's name, a digest of the
-    index's and the masks' content (the index records each image's sha1), split sizes."""
-    index_csv = layout.index_csv(params.dataset)
-    summary = DatasetIndex.read(index_csv, params.selected.root).summary()
-    digest = hashlib.sha256(f"{inputs['index']}\n{inputs['masks']}".encode()).hexdigest()[:16]
-    profile = {**{f"{split}_{k}": v for split, counts in summary["splits"].items() for k, v in counts.items()},
-               "index_sha1": inputs["index"], "masks_sha1": inputs["masks"]}
-    return {"name": params.dataset, "digest": digest, "context": "training", "profile": profile,
-            # relpath: a bias-curve point's index may sit outside its own root (layout.PointLayout)
-            "source": Path(os.path.relpath(index_csv, layout.root)).as_posix(),
-            "columns": ["path", "class_id", "class_name", "split", "sha1"]}
 
 
 def served_model(run: Run, params: Params, layout: Layout) -> dict:
@@ -275,7 +262,7 @@ def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bo
         fresh_run = state["run_id"] is None
         _start_tracking(run, params, layout, tracker, target, state, ddp, setup)
         if fresh_run:  # a resumed run saw the same inputs (the fingerprint says so) and has them logged
-            tracker.log_dataset(dataset_input(params, layout, inputs))
+            tracker.log_dataset(training_input(params, layout, inputs))
         if not state["history"]:  # epoch 0: the untrained start, the first point of every curve
             metrics = _validate(run.model, run.val_loader, setup, run.pool, run.val_draws, progress)
             state["history"].append({"epoch": 0, **metrics})
