@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bgbias.data.mask_quality import iou_and_overlap
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -91,10 +93,7 @@ def _timed(cmd: list[str], env: dict) -> float:
 def _ious(a_dir: Path, b_dir: Path) -> list[float]:
     ious = []
     for b in sorted(b_dir.glob("*.png")):  # the reference's images (all, or the first N)
-        ma = np.asarray(Image.open(a_dir / b.name)) >= 128
-        mb = np.asarray(Image.open(b).convert("L")) >= 128
-        union = np.logical_or(ma, mb).sum()
-        ious.append(1.0 if union == 0 else float(np.logical_and(ma, mb).sum() / union))
+        ious.append(iou_and_overlap(np.asarray(Image.open(a_dir / b.name)), np.asarray(Image.open(b).convert("L")))[0])
     return ious
 
 

@@ -23,24 +23,18 @@ import torch
 from PIL import Image
 
 from bgbias.data.images import load_rgb
+from bgbias.data.mask_quality import iou_and_overlap
 from bgbias.data.masks import MaskJob, U2netpMasker
 from bgbias.data.masks_torch import TorchMasker, _decode_on_device, masks_on_device
 
 REPO = Path(__file__).resolve().parents[1]
-DEVICE = "cuda"
 VARIANTS = (("fp32", "pillow"), ("fp32", "nvjpeg"), ("tf32", "nvjpeg"), ("fp16", "nvjpeg"), ("bf16", "nvjpeg"),
             ("bf16", "pillow"), ("fp16", "pillow"))
 
 
-def iou_at_128(a: np.ndarray, b: np.ndarray) -> float:
-    ma, mb = a >= 128, b >= 128
-    union = np.logical_or(ma, mb).sum()
-    return 1.0 if union == 0 else float(np.logical_and(ma, mb).sum() / union)
-
-
 def run_variant(files: list[Path], data: list[bytes], precision: str, decoder: str, batch_size: int,
-                model: Path) -> tuple[list[np.ndarray], float]:
-    masker = TorchMasker(model, DEVICE, device_ops=True, precision=precision)
+                model: Path, device: str) -> tuple[list[np.ndarray], float]:
+    masker = TorchMasker(model, device, device_ops=True, precision=precision)
     masks: list[np.ndarray] = []
 
     def batch(start: int) -> list[np.ndarray]:
@@ -53,7 +47,7 @@ def run_variant(files: list[Path], data: list[bytes], precision: str, decoder: s
         return masks_on_device(masker, images)
 
     batch(0)  # warm-up: CUDA context, kernels, resize matrices
-    if DEVICE == "cuda":
+    if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for first in range(0, len(files), batch_size):
@@ -70,29 +64,27 @@ def main() -> None:
     parser.add_argument("--assets-dir", type=Path, default=REPO / "data" / "assets")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: only to try the script")
     args = parser.parse_args()
-    global DEVICE
-    DEVICE = args.device
-    if DEVICE == "cuda" and not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("needs a CUDA device")
     model = args.assets_dir / "u2netp.onnx"
     files = sorted(p for p in args.source.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[: args.images]
     data = [p.read_bytes() for p in files]
-    device = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU"
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(f"{len(files)} JPEG images from {args.source}; {device}; batch {args.batch_size}; "
           f"torch {torch.__version__}")
 
-    results = {variant: run_variant(files, data, *variant, args.batch_size, model) for variant in VARIANTS}
+    results = {variant: run_variant(files, data, *variant, args.batch_size, model, args.device) for variant in VARIANTS}
     reference = results[VARIANTS[0]][0]
     onnx = U2netpMasker(model, os.cpu_count() or 1)
     k = min(args.onnx_images, len(files))
-    onnx_ious = [iou_at_128(np.asarray(onnx.predict(Image.open(f).convert("RGB"))), m)
+    onnx_ious = [iou_and_overlap(np.asarray(onnx.predict(Image.open(f).convert("RGB"))), m)[0]
                  for f, m in zip(files[:k], reference[:k])]
     print(f"reference fp32/pillow vs onnxruntime (CPU), {k} images: IoU mean {np.mean(onnx_ious):.5f}, "
           f"worst {min(onnx_ious):.5f}")
     print(f"{'precision':>9} {'decoder':>7} {'images/s':>9} {'IoU mean':>9} {'worst':>7} {'< 0.99':>7} "
           f"{'mean |diff|':>11}  worst image")
     for (precision, decoder), (masks, seconds) in results.items():
-        ious = [iou_at_128(a, b) for a, b in zip(masks, reference)]
+        ious = [iou_and_overlap(a, b)[0] for a, b in zip(masks, reference)]
         diff = np.mean([np.abs(a.astype(np.int16) - b).mean() for a, b in zip(masks, reference)])
         worst = int(np.argmin(ious))
         print(f"{precision:>9} {decoder:>7} {len(files) / seconds:9.1f} {np.mean(ious):9.5f} {ious[worst]:7.4f} "

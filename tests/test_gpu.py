@@ -11,11 +11,11 @@ from PIL import Image
 
 from bgbias.config import MasksConfig
 from bgbias.data.device_crops import random_resized_crops
+from bgbias.data.mask_quality import iou_and_overlap
 from bgbias.data.masks import MaskJob, U2netpMasker
 from bgbias.data.masks_torch import TorchMasker, masks_on_device, run_batched
 from bgbias.data.resample import resize_lanczos
 from tests.conftest import object_image
-from tests.data.test_masks_torch import iou_at_128
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -63,7 +63,7 @@ def test_cuda_masks_with_the_defaults_are_onnxruntimes(tmp_path, assets_dir):
     masker = TorchMasker(assets_dir / "u2netp.onnx", "cuda", precision=defaults.precision, decoder=defaults.decoder)
     assert all(error is None for _, error in run_batched(jobs, masker, batch_size=3))
     ort = U2netpMasker(assets_dir / "u2netp.onnx", threads=1)
-    ious = [iou_at_128(np.asarray(Image.open(job.mask)), np.asarray(ort.predict(Image.open(job.image).convert("RGB"))))
+    ious = [iou_and_overlap(np.asarray(Image.open(job.mask)), np.asarray(ort.predict(Image.open(job.image).convert("RGB"))))[0]
             for job in jobs]
     print("IoU per image:", " ".join(f"{iou:.4f}" for iou in ious))
     assert min(ious) >= 0.999

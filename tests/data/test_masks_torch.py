@@ -13,15 +13,10 @@ from PIL import Image
 from bgbias.data.masks import (SOURCE_HASHES, MaskJob, U2netpMasker, compute_masks, folder_jobs, postprocess,
                                preprocess, resolve_engine)
 from bgbias.data import masks_torch
+from bgbias.data.mask_quality import iou_and_overlap
 from bgbias.data.masks_torch import TorchMasker, masks_on_device, postprocess_tensor, preprocess_tensor, run_batched
 from bgbias.errors import BgbiasError
 from tests.conftest import REPO, object_image
-
-
-def iou_at_128(a: np.ndarray, b: np.ndarray) -> float:
-    ma, mb = a >= 128, b >= 128
-    union = np.logical_or(ma, mb).sum()
-    return 1.0 if union == 0 else float(np.logical_and(ma, mb).sum() / union)
 
 
 def compare_engines(images: list[Image.Image], model_path, batch_size: int = 2) -> list[tuple[float, float]]:
@@ -35,8 +30,8 @@ def compare_engines(images: list[Image.Image], model_path, batch_size: int = 2) 
         for image, x, pred in zip(chunk, batch, ours):
             theirs = ort.infer(x[None])
             diff = float(np.abs(pred[None] - theirs).max())
-            iou = iou_at_128(np.asarray(postprocess(pred[None], image.size)),
-                             np.asarray(postprocess(theirs, image.size)))
+            iou = iou_and_overlap(np.asarray(postprocess(pred[None], image.size)),
+                                  np.asarray(postprocess(theirs, image.size)))[0]
             results.append((diff, iou))
     return results
 
@@ -118,7 +113,7 @@ def test_device_path_on_cpu_gives_the_masks(tmp_path, assets_dir):
     ort = U2netpMasker(assets_dir / "u2netp.onnx", threads=1)
     for job, least in ((jobs[0], 0.999), (jobs[1], 0.99)):
         expected = np.asarray(ort.predict(Image.open(job.image).convert("RGB")))
-        assert iou_at_128(np.asarray(Image.open(job.mask)), expected) >= least
+        assert iou_and_overlap(np.asarray(Image.open(job.mask)), expected)[0] >= least
 
 
 CUB_IMAGES = REPO.parent / "shared" / "datasets" / "cub200-subset" / "CUB_200_2011" / "images"
