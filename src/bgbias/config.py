@@ -7,6 +7,7 @@ directory of the params file, so stages behave the same from any working directo
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -384,6 +385,17 @@ class Params(Section):
     tune: TuneConfig = TuneConfig()
     tracking: TrackingConfig = TrackingConfig()
     paper: PaperConfig | None = None  # the paper grid's params file only
+
+    @field_validator("datasets")
+    @classmethod
+    def _plain_names(cls, datasets: dict[str, DatasetConfig]) -> dict[str, DatasetConfig]:
+        # A dataset's name is a folder and file name under outputs/ (index, masks, train, tune):
+        # a '/' or '..' in it would write outside them.
+        for name in datasets:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+                raise ValueError(f"dataset name {name!r}: use letters, digits, '_', '.' and '-', starting with "
+                                 "a letter or digit (it names folders under outputs/)")
+        return datasets
 
     @model_validator(mode="after")
     def _known_dataset(self) -> Params:

@@ -41,6 +41,9 @@ CASES = {  # id: (params.yaml bytes, fragments of the error line)
                                  ["bias_curve.bgaugment_p.1", "less than or equal to 1"]),
     "unknown_dataset": (yaml.safe_dump({**REPO_PARAMS, "dataset": "imagenet"}).encode(),
                         ["unknown dataset 'imagenet'"]),
+    "dataset_name_escapes": (yaml.safe_dump({**REPO_PARAMS, "dataset": "../../evil", "datasets": {
+        **REPO_PARAMS["datasets"], "../../evil": REPO_PARAMS["datasets"]["synthetic"]}}).encode(),
+        ["datasets", "dataset name '../../evil'", "names folders under outputs/"]),
     "negative_seed": (yaml.safe_dump({**REPO_PARAMS, "seed": -1}).encode(), ["seed", "greater than or equal to 0"]),
     "not_yaml": (b"dataset: [synthetic\n", ["params.yaml", "not valid YAML"]),
     "not_a_mapping": (b"- dataset\n- loss\n", ["params.yaml", "expected a mapping"]),

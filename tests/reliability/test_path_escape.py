@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import yaml
 
 from tests.reliability.conftest import assert_refused, assert_only_changed
 from tests.reliability.formats import cars_dataset, csv_dataset, cub_dataset, folder_dataset, sop_dataset
@@ -68,4 +69,20 @@ def test_index_refuses_paths_outside_the_root(probe, case):
     probe.params(dataset)
     before = probe.snapshot()
     assert_refused(probe.run("index"), str(root), *fragments)
+    assert_only_changed(before, probe.snapshot())
+
+
+def test_index_refuses_a_dataset_name_that_leaves_outputs(probe):
+    """The dataset's name names outputs/index/<name>.csv (and the masks, train and tune
+    folders): '../../../outside/evil' would write tmp/outside/evil.csv."""
+    root = probe.project / "data" / "ds"
+    root.mkdir(parents=True)
+    probe.params(folder_dataset(root))
+    raw = yaml.safe_load((probe.project / "params.yaml").read_text())
+    name = "../../../outside/evil"
+    raw["datasets"] = {name: raw["datasets"]["ds"]}
+    raw["dataset"] = name
+    (probe.project / "params.yaml").write_text(yaml.safe_dump(raw))
+    before = probe.snapshot()
+    assert_refused(probe.run("index"), "params.yaml", f"dataset name '{name}'")
     assert_only_changed(before, probe.snapshot())
