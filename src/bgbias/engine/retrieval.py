@@ -59,6 +59,9 @@ def load_test_split(params: Params, layout: Layout) -> tuple[DeviceSetup, Masked
     """The device, the test images (with masks, eval transform) and the test background pool."""
     setup = device_setup(params.train.device, params.train.workers)
     index = DatasetIndex.read(layout.index_csv(params.dataset), params.selected.root)
+    if not index.split("test"):  # (a class_split whose test range names no class): refused before any work
+        raise BgbiasError(f"{layout.index_csv(params.dataset)}: the test split has no images "
+                          f"(check datasets.{params.dataset}.class_split)")
     test_set = MaskedImageDataset(index.split("test"), index.root, layout.masks(params.dataset),
                                   eval_transform(params.train))
     pool = BackgroundPool.from_folder(layout.backgrounds / "test", params.train.resize, setup.device)
