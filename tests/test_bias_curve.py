@@ -68,3 +68,13 @@ def test_two_point_curve_writes_only_its_own_folders(tiny_project):
     missing = load_params(write_params(tiny_project, {"bias_curve": {"bg_correlation": [0.75], "bgaugment_p": []}}))
     with pytest.raises(BgbiasError, match="0.75.*not found"):
         write_curves(missing, layout)
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "nan", "inf", "half"])
+@pytest.mark.parametrize("point", [correlation_point, bgaugment_point])
+def test_a_point_value_that_is_no_probability_is_refused(tmp_path, point, value):
+    """`--value` bypasses params validation: -1 used to render and train a whole point."""
+    params, layout = load_params(write_params(tmp_path)), Layout(tmp_path)
+    with pytest.raises(BgbiasError, match=f"bias-curve point value '{value}'"):
+        point(params, layout, value)
+    assert not (tmp_path / "outputs").exists()

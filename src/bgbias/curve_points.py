@@ -30,10 +30,14 @@ SYNTHETIC = "synthetic"
 
 
 def point_value(text: str) -> float:
+    """A probability, as params.yaml writes it (the point bypasses params validation)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise BgbiasError(f"bias-curve point value {text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # (nan too)
+        raise BgbiasError(f"bias-curve point value {text!r}: a probability between 0 and 1")
+    return value
 
 
 def correlation_point(params: Params, layout: Layout, name: str, progress: bool = False) -> dict:
