@@ -5,6 +5,7 @@ configuration opens a new study), sampler seeds of continued studies, failed tri
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -250,3 +251,39 @@ def test_search_spaces_cover_the_papers_values():
                 low, high, _ = tuning.SEARCH_SPACES[loss][name]
                 assert low <= value <= high, (loss, name, value)
     assert optuna.__version__.startswith("5.")
+
+
+def _journal_with_two_trials(root):
+    """outputs/tune/synthetic/triplet/study.journal: a study whose 2 trials completed."""
+    path = Layout(root).tune_dir("synthetic", "triplet") / "study.journal"
+    path.parent.mkdir(parents=True)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    optuna.create_study(storage=storage, study_name="old").optimize(lambda t: t.suggest_float("a", 0, 1), n_trials=2)
+    return path
+
+
+def _trials(params, root):
+    (row,) = tuning.list_studies(params, Layout(root))
+    return row["complete"], row["running"]
+
+
+def test_a_journal_whose_writer_died_mid_record_is_repaired_with_a_warning(tmp_path, caplog):
+    """Optuna skips a cut-short last record, but the next append glued onto it used to make
+    the study unreadable for good (JSONDecodeError on every read)."""
+    params, path = _params(tmp_path), _journal_with_two_trials(tmp_path)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-15])  # the last record (trial 1 completes) cut short
+    assert _trials(params, tmp_path) == (1, 1)
+    assert path.read_bytes() == whole[:whole.rstrip(b"\n").rfind(b"\n") + 1]
+    assert "dropped an unfinished last record" in caplog.text
+    storage = tuning._open_storage(params, path)
+    optuna.load_study(study_name="old", storage=storage).optimize(lambda t: 0.5, n_trials=1)  # an append
+    assert _trials(params, tmp_path) == (2, 1)
+
+
+def test_a_damaged_journal_line_is_a_one_line_error(tmp_path):
+    params, path = _params(tmp_path), _journal_with_two_trials(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:2] + [b"\x00\xff garbage\n"] + lines[2:]))
+    with pytest.raises(BgbiasError, match=re.escape(f"{path}:3: not an Optuna journal record; move the file aside")):
+        tuning.list_studies(params, Layout(tmp_path))

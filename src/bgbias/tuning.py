@@ -86,8 +86,41 @@ def _open_storage(params: Params, url_or_journal: str | Path):
 
     if isinstance(url_or_journal, Path):
         url_or_journal.parent.mkdir(parents=True, exist_ok=True)
+        check_journal(url_or_journal)
         return optuna.storages.JournalStorage(JournalFileBackend(str(url_or_journal)))
     return _rdb_storage(params)
+
+
+def check_journal(path: Path) -> None:
+    """Optuna's reader skips a last line without its newline (a write in progress), but the
+    next record appended after it makes a bad line that fails every later read: a worker
+    killed mid-write (writes hold Optuna's lock) would break the study for good. Holding
+    that lock, such a tail is dropped with a warning (Optuna never counted it); a complete
+    line that is not a record is a one-line error naming it."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    data = path.read_bytes() if path.is_file() else b""
+    if data and not data.endswith(b"\n"):
+        lock = JournalFileSymlinkLock(str(path))  # JournalFileBackend's default lock
+        lock.acquire()
+        try:
+            data = path.read_bytes()
+            keep = data.rfind(b"\n") + 1
+            if keep < len(data):
+                os.truncate(path, keep)
+                log.warning("%s: dropped an unfinished last record (%d bytes) that a killed worker left",
+                            path, len(data) - keep)
+                data = data[:keep]
+        finally:
+            lock.release()
+    for number, line in enumerate(data.splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
+            record = None
+        if not isinstance(record, dict):
+            raise BgbiasError(f"{path}:{number}: not an Optuna journal record; move the file aside to start "
+                              "the study afresh (its trials are lost)")
 
 
 def _storage(params: Params, layout: Layout, loss: str):
