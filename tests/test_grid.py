@@ -196,9 +196,21 @@ def test_grid_list_marks_a_cell_stale_after_its_params_change_and_report_reads_m
     (["run", "--cell", "cub/hinge/base"], "no cell 'cub/hinge/base'"),
     (["run", "train"], "grid run train: a step (train, evaluate, attribute) of one cell"),
     (["prepare", "train"], "unknown preparation step 'train'"),
+    (["prepare", "index", "--dataset", "cars"], "--dataset 'cars' is not one of the grid's datasets (paper.datasets: "
+                                                "cub, sop)"),
 ])
 def test_grid_command_errors_are_one_line(grid, tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)
     assert cli.main(["--params", "pipelines/paper/params.yaml", "grid", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_grid_prepare_refuses_a_dataset_outside_the_grid_before_any_file(grid, tmp_path, monkeypatch, capsys):
+    """--dataset names the masks folder and its lock: '../../x' used to end in a KeyError
+    traceback after making outputs/.x.lock, outside the grid's outputs/paper/."""
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    assert cli.main(["--params", "pipelines/paper/params.yaml", "grid", "prepare", "masks", "--dataset", "../../x"]) == 2
+    assert "--dataset '../../x' is not one of the grid's datasets" in capsys.readouterr().err
+    assert sorted(tmp_path.rglob("*")) == before
