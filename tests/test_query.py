@@ -83,3 +83,25 @@ def test_an_unknown_query_gets_grey_frames(tmp_path):
         run_query(MeanColour(), "m-v1", [query], index, csv, tmp_path / "cache", k=0)
     with pytest.raises(BgbiasError, match="query image not found: .*nothing.png"):
         run_query(MeanColour(), "m-v1", [tmp_path / "nothing.png"], index, csv, tmp_path / "cache", k=2)
+
+
+@pytest.mark.parametrize("out", ["sheet.txt", "sheet", "folder"])
+def test_a_contact_sheet_name_without_an_image_suffix_is_refused_before_the_model_loads(tmp_path, monkeypatch,
+                                                                                       capsys, out):
+    """--out used to end in a KeyError traceback from save_image, after the model had
+    embedded the whole test split."""
+    from bgbias import cli
+    from tests.conftest import write_params
+
+    write_params(tmp_path)
+    (tmp_path / "folder").mkdir()
+    query = tmp_path / "query.png"
+    Image.new("RGB", (10, 10), (190, 10, 0)).save(query)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    assert cli.main(["query", str(query), "--model", "models:/bgbias-synthetic-triplet@base", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {out}: expected an image file name") and len(err.splitlines()) == 1
+    assert sorted(tmp_path.rglob("*")) == before  # no index read, no tracking store made
+    with pytest.raises(BgbiasError, match="expected an image file name"):
+        contact_sheet([], tmp_path, tmp_path / out)

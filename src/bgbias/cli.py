@@ -205,13 +205,14 @@ def cmd_bias_curve(args: argparse.Namespace) -> None:
 
 def cmd_query(args: argparse.Namespace) -> None:
     from bgbias.data.datasets import DatasetIndex
-    from bgbias.query import contact_sheet, format_results, run_query
+    from bgbias.query import check_sheet_path, contact_sheet, format_results, run_query
     from bgbias.tracking import load_registered_model, tracking_uri
 
     params, layout = _params(args)
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:  # before the model loads (seconds)
         raise BgbiasError(f"query image not found: {missing[0]}")
+    check_sheet_path(Path(args.out))
     index_csv = layout.index_csv(params.dataset)
     index = DatasetIndex.read(index_csv, params.selected.root)
     model, key = load_registered_model(args.model, params.tracking.uri or tracking_uri(layout.root))

@@ -127,9 +127,20 @@ def _tile(image: Image.Image, colour: tuple[int, int, int], caption: str) -> Ima
     return tile
 
 
+def check_sheet_path(out: Path) -> Path:
+    """--out, checked before the (slow) model load: an image file name whose suffix names its
+    format, not a folder."""
+    out = Path(out)
+    if out.suffix.lower() not in Image.registered_extensions() or out.is_dir():
+        raise BgbiasError(f"--out {out}: expected an image file name such as contact_sheet.png "
+                          "(the suffix names the format)")
+    return out
+
+
 def contact_sheet(results: list[Result], index_root: Path, out: Path) -> Path:
     """One row per query: the query (blue frame), then its neighbours by rising distance
     (green: same class, red: another class, grey: the query's class is unknown)."""
+    check_sheet_path(out)
     columns = 1 + max(len(r.hits) for r in results)
     sheet = Image.new("RGB", (columns * TILE, len(results) * (TILE + CAPTION)), (255, 255, 255))
     for row, result in enumerate(results):
