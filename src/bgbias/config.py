@@ -250,7 +250,7 @@ class LossParamsConfig(Section):
 
     @model_validator(mode="after")
     def _known_keys(self) -> LossParamsConfig:
-        from bgbias.loss_params import HYPERPARAMETERS
+        from bgbias.loss_params import HYPERPARAMETERS, POSITIVE
 
         for loss, values in self.overrides.items():
             if loss not in HYPERPARAMETERS:
@@ -259,6 +259,9 @@ class LossParamsConfig(Section):
             if unknown:
                 raise ValueError(f"unknown {loss} hyperparameter '{unknown[0]}'; allowed: "
                                  f"{', '.join(HYPERPARAMETERS[loss])}")
+            not_positive = sorted(k for k, v in values.items() if (loss, k) in POSITIVE and not v > 0)
+            if not_positive:
+                raise ValueError(f"{loss}.{not_positive[0]} must be > 0 (got {values[not_positive[0]]})")
         return self
 
 

@@ -17,6 +17,12 @@ HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
     "normalized_softmax": ("temperature", "lr_loss"),
 }
 
+# Values that must be > 0: the losses divide by alpha, beta and temperature (0 ends in a
+# ZeroDivisionError or NaN embeddings), and a learning rate <= 0 does not train.
+POSITIVE: frozenset[tuple[str, str]] = frozenset({
+    ("multi_similarity", "alpha"), ("multi_similarity", "beta"), ("arcface", "scale"), ("arcface", "lr_loss"),
+    ("normalized_softmax", "temperature"), ("normalized_softmax", "lr_loss")})
+
 # Classification (proxy) losses: MPerClassSampler m=1 and a learnable weight matrix.
 CLASSIFICATION_LOSSES = frozenset({"arcface", "normalized_softmax"})
 

@@ -9,7 +9,7 @@ import yaml
 from bgbias.config import Params
 from bgbias.errors import BgbiasError
 from bgbias.layout import Layout
-from bgbias.loss_params import HYPERPARAMETERS
+from bgbias.loss_params import HYPERPARAMETERS, POSITIVE
 
 
 def read_tuned(params: Params, layout: Layout) -> dict | None:
@@ -38,6 +38,9 @@ def read_tuned(params: Params, layout: Layout) -> dict | None:
         raise BgbiasError(f"{path}: values must be numbers ({exc})") from None
     if lr is not None and lr <= 0:
         raise BgbiasError(f"{path}: lr must be > 0 (got {lr})")
+    not_positive = sorted(k for k, v in loss_values.items() if (params.loss, k) in POSITIVE and not v > 0)
+    if not_positive:
+        raise BgbiasError(f"{path}: {not_positive[0]} must be > 0 (got {loss_values[not_positive[0]]})")
     return {"loss_params": loss_values, "lr": lr, "study": data.get("study")}
 
 
