@@ -94,6 +94,8 @@ def cmd_mask_quality(args: argparse.Namespace) -> None:
     from bgbias.data.mask_quality import evaluate_masks
     from bgbias.files import write_json
 
+    if args.out and Path(args.out).is_dir():  # before the work: it would end in IsADirectoryError
+        raise BgbiasError(f"--out {args.out} is a folder: name the JSON file to write")
     report = evaluate_masks(Path(args.pred_dir), Path(args.gt_dir), args.threshold)
     if args.out:
         write_json(Path(args.out), report)

@@ -55,3 +55,15 @@ def test_cli_prints_and_writes_report(tmp_path):
                             capture_output=True, text=True, check=True)
     assert json.loads(result.stdout)["groups"]["all"]["mean_iou"] == 0.25
     assert json.loads((tmp_path / "r.json").read_text())["groups"]["all"]["mean_overlap"] == 0.25
+
+
+def test_cli_refuses_a_folder_as_out_in_one_line(tmp_path, capsys):
+    from bgbias import cli
+
+    save(tmp_path / "gt" / "1.png", np.full((2, 2), 255))
+    save(tmp_path / "pred" / "1.png", np.full((2, 2), 255))
+    (tmp_path / "out").mkdir()
+    argv = ["mask-quality", str(tmp_path / "pred"), str(tmp_path / "gt"), "--out", str(tmp_path / "out")]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == f"error: --out {tmp_path / 'out'} is a folder: name the JSON file to write\n"
+    assert list((tmp_path / "out").iterdir()) == [] and not list(tmp_path.glob(".out.*"))
