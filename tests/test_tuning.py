@@ -287,3 +287,12 @@ def test_a_damaged_journal_line_is_a_one_line_error(tmp_path):
     path.write_bytes(b"".join(lines[:2] + [b"\x00\xff garbage\n"] + lines[2:]))
     with pytest.raises(BgbiasError, match=re.escape(f"{path}:3: not an Optuna journal record; move the file aside")):
         tuning.list_studies(params, Layout(tmp_path))
+
+
+@pytest.mark.parametrize("workers", ["0", "-1"])
+def test_tune_refuses_fewer_than_one_worker_before_the_study_exists(tmp_path, monkeypatch, capsys, workers):
+    write_params(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["tune", "--workers", workers, "--no-track"]) == 2
+    assert capsys.readouterr().err == f"error: --workers must be >= 1 (got {workers})\n"
+    assert not (tmp_path / "outputs").exists()

@@ -139,6 +139,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
     from bgbias.tuning import list_studies, run_worker, tune
 
     params, layout = _params(args)
+    if args.workers is not None and args.workers < 1:  # (-1 used to create the study, then fail)
+        raise BgbiasError(f"--workers must be >= 1 (got {args.workers})")
     if args.list:
         for row in list_studies(params, layout):
             best = "-" if row["best_value"] is None else f"{row['best_value']:.4f}"
