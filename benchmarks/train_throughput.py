@@ -5,7 +5,8 @@ in images/s, and their ratio (goal on GPU: >= 0.95, i.e. the input pipeline is h
 Full step, two inputs: today's (decode JPEG/PNG + mask, RandomResizedCrop + flip on loader
 workers) and, with `--prepared`, the decode-free store (data/prepared.py: built first in
 a temporary folder at the benchmark's resize, its build time printed; batches cropped and
-flipped on the device).
+flipped on the device); each with the input work inline and one batch ahead on a thread
+(engine/train_input.py: what training does on CUDA).
 
 Uses the project's data (run `dvc repro masks backgrounds` first) and the params file's
 training settings, overridden by the options below. BN-Inception runs with random
@@ -27,13 +28,13 @@ from torch.utils.data import DataLoader
 from bgbias.config import load_params
 from bgbias.data.bgaugment import BackgroundPool
 from bgbias.data.datasets import DatasetIndex
-from bgbias.data.device_crops import random_resized_crops
 from bgbias.data.image_dataset import MaskedImageDataset
 from bgbias.data.prepared import PreparedImageDataset, pad_collate, prepare
 from bgbias.data.sampler import MPerClassBatchSampler
 from bgbias.data.transforms import train_transform
 from bgbias.engine.device import device_setup
-from bgbias.engine.train import TrainStep, optimise, prepare_batch
+from bgbias.engine.train import TrainStep, optimise
+from bgbias.engine.train_input import TrainInput, device_batches
 from bgbias.layout import Layout
 from bgbias.losses import create_loss
 from bgbias.loss_params import resolve
@@ -96,29 +97,31 @@ def run(args: argparse.Namespace, store: Path) -> None:
     optimizer = torch.optim.RMSprop(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     generator = torch.Generator().manual_seed(0)
 
-    def steps(loader, prepared: bool, upto: str) -> float:
+    def steps(loader, prepared: bool, upto: str, overlap: bool = False) -> float:
         """Seconds for args.iterations steps after a warm-up, each step up to `upto`:
-        "loader" (the next batch), "input" (+ to the device, crops, BGAugment) or "train"."""
-        batches = iter(loader)
+        "loader" (the next batch), "input" (+ to the device, crops, BGAugment) or "train";
+        `overlap`: the input one batch ahead on a thread (engine/train_input.py)."""
+        if upto == "loader":
+            batches = (batch for batch, _, _ in loader)
+        else:
+            to_device = TrainInput(setup, generator, pool, cfg.bgaugment_p, prepared, cfg.crop, cfg.crop_scale,
+                                   cfg.crop_ratio)
+            batches = device_batches(loader, to_device, setup, overlap)
 
         def run(n: int) -> None:
             for _ in range(n):
-                batch, labels, _ = next(batches)
-                if upto == "loader":
-                    continue
-                if prepared:
-                    padded, sizes = batch
-                    batch = random_resized_crops(padded.to(setup.device, non_blocking=True), sizes, cfg.crop,
-                                                 cfg.crop_scale, cfg.crop_ratio, generator)
-                images, labels = prepare_batch(batch, labels, setup, pool, generator, cfg.bgaugment_p)
+                item = next(batches)
                 if upto == "train":
-                    optimise(step, optimizer, images, labels, setup)
+                    optimise(step, optimizer, *item, setup)
 
         timed(run, args.warmup, setup.cuda)
-        return timed(run, args.iterations, setup.cuda)
+        seconds = timed(run, args.iterations, setup.cuda)
+        batches.close()
+        return seconds
 
-    # Full step: loader -> device -> (crops) -> BGAugment -> forward/backward/update; and the
-    # same without the model ("input") and without anything after the loader ("loader").
+    # Full step: loader -> device -> (crops) -> BGAugment -> forward/backward/update, with the
+    # input inline and one batch ahead on a thread; the same without the model ("input") and
+    # without anything after the loader ("loader").
     loaders = {"decoding": lambda: DataLoader(train_set, batch_sampler=sampler, **setup.loader_options())}
     build_seconds = None
     if args.prepared:
@@ -130,10 +133,12 @@ def run(args: argparse.Namespace, store: Path) -> None:
                                                  **setup.loader_options())
     seconds = {(name, upto): steps(make(), name == "prepared", upto)
                for name, make in loaders.items() for upto in ("train", "input", "loader")}
+    seconds.update({(name, "ahead"): steps(make(), name == "prepared", "train", overlap=True)
+                    for name, make in loaders.items()})
 
     # Model only: the same kind of batch, already prepared on the device, reused.
     batch, labels, _ = next(iter(DataLoader(train_set, batch_sampler=sampler, num_workers=0)))
-    images, labels = prepare_batch(batch, labels, setup, pool, generator, cfg.bgaugment_p)
+    images, labels = TrainInput(setup, generator, pool, cfg.bgaugment_p)(batch, labels)
 
     def model_only(n: int) -> None:
         for _ in range(n):
@@ -151,10 +156,12 @@ def run(args: argparse.Namespace, store: Path) -> None:
     print(f"device: {device}; backbone {args.backbone}, {args.crop} px, batch {args.batch}, mode {args.mode}, "
           f"workers {setup.workers}, {args.iterations} timed iterations")
     for name in loaders:
-        rate = images_done / seconds[(name, "train")]
+        rate, ahead = (images_done / seconds[(name, upto)] for upto in ("train", "ahead"))
         print(f"full training step ({name}): {rate:8.1f} images/s  ratio to model-only {rate / model_rate:.3f}"
               f"   (input only {images_done / seconds[(name, 'input')]:.1f}, "
               f"loader only {images_done / seconds[(name, 'loader')]:.1f} images/s)")
+        print(f"  input one batch ahead{' (the default on CUDA)' if setup.cuda else ''}: {ahead:8.1f} images/s  "
+              f"ratio to model-only {ahead / model_rate:.3f}")
     print(f"model-only step:                {model_rate:8.1f} images/s  (goal on GPU: full >= 0.95 x model-only)")
 
 

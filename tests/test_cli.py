@@ -53,3 +53,16 @@ def test_masks_folder_command_takes_the_engine(tmp_path, monkeypatch, capsys):
         assert cli.main(base + ["--backend", "torch", "--device", "cuda"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "no CUDA device" in err[0]
+
+
+def test_masks_stage_refuses_folder_flags_it_would_ignore(tmp_path, monkeypatch, capsys):
+    # The stage's engine settings are its declared params (masks.*): a flag would be lost
+    # on the next `dvc repro` and leave masks DVC thinks were made another way.
+    from bgbias import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["masks", "--precision", "fp16", "--backend", "torch"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: bgbias masks: --backend, --precision apply to a folder run (IMAGES_DIR OUT_DIR); "
+                   "the stage reads masks.* from params.yaml (e.g. dvc exp run -S masks.precision=fp16)"]
+    assert not (tmp_path / "outputs").exists()

@@ -77,3 +77,25 @@ def test_device_crops_on_cuda_equal_the_cpus():
     on_cpu = random_resized_crops(padded, sizes, *args, torch.Generator().manual_seed(0))
     on_cuda = random_resized_crops(padded.cuda(), sizes, *args, torch.Generator().manual_seed(0)).cpu()
     assert (on_cpu - on_cuda).abs().max() <= 1e-3
+
+
+def test_training_input_ahead_on_a_side_stream_equals_inline():
+    # train_input.device_batches on CUDA: crops + BGAugment on a side stream, on a thread;
+    # the model's stream gets the same batches as when they are made inline.
+    from bgbias.data.bgaugment import BackgroundPool
+    from bgbias.engine.device import DeviceSetup
+    from bgbias.engine.train_input import TrainInput, device_batches
+
+    setup = DeviceSetup(torch.device("cuda"), 0, overlap_input=True)
+    rng = np.random.default_rng(0)
+    pool = BackgroundPool(torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1)).cuda())
+    loader = [((torch.from_numpy(rng.integers(0, 256, (8, 4, 80, 96), dtype=np.uint8)),
+                torch.tensor([[80, 96]] * 4 + [[60, 70]] * 4)), torch.arange(8), None) for _ in range(6)]
+
+    def batches(overlap):
+        to_device = TrainInput(setup, torch.Generator().manual_seed(2), pool, 0.5, True, 48, (0.16, 1.0), (0.75, 4 / 3))
+        return [(images.sum(0).cpu(), labels.cpu()) for images, labels in device_batches(loader, to_device, setup,
+                                                                                             overlap)]
+
+    for (a, la), (b, lb) in zip(batches(False), batches(True), strict=True):
+        assert torch.equal(a, b) and torch.equal(la, lb)

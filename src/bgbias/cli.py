@@ -53,8 +53,15 @@ def _stage(name: str):
     return run
 
 
+FOLDER_MASK_OPTIONS = ("workers", "assets_dir", "backend", "device", "batch_size", "precision", "decoder")
+
+
 def cmd_masks(args: argparse.Namespace) -> None:
     if args.images_dir is None:
+        given = [f"--{name.replace('_', '-')}" for name in FOLDER_MASK_OPTIONS if getattr(args, name) is not None]
+        if given:  # the stage's settings are its declared params; a flag DVC does not see would be lost
+            raise BgbiasError(f"bgbias masks: {', '.join(given)} apply to a folder run (IMAGES_DIR OUT_DIR); "
+                              "the stage reads masks.* from params.yaml (e.g. dvc exp run -S masks.precision=fp16)")
         return _stage("masks")(args)
     if args.out_dir is None:
         raise BgbiasError("usage: bgbias masks IMAGES_DIR OUT_DIR (or no arguments to run the pipeline stage)")
@@ -74,7 +81,7 @@ def cmd_masks(args: argparse.Namespace) -> None:
     jobs = folder_jobs(images_dir, out_dir)
     if not jobs:
         raise BgbiasError(f"no images under {images_dir}")
-    report = compute_masks(jobs, out_dir, asset_path(MODEL_NAME, assets_dir), workers=args.workers,
+    report = compute_masks(jobs, out_dir, asset_path(MODEL_NAME, assets_dir), workers=args.workers or 1,
                            backend=args.backend or masks_cfg.backend, device=args.device,
                            batch_size=args.batch_size or masks_cfg.batch_size,
                            precision=args.precision or masks_cfg.precision,
@@ -413,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("masks", help="stage (no arguments), or u2netp masks for every image under IMAGES_DIR")
     p.add_argument("images_dir", nargs="?")
     p.add_argument("out_dir", nargs="?", help="writes OUT_DIR/<relative path without extension>.png")
-    p.add_argument("--workers", type=int, default=1, help="processes (default 1: threads already overlap I/O)")
+    p.add_argument("--workers", type=int, help="processes (default 1: threads already overlap I/O)")
     p.add_argument("--assets-dir", help="folder holding u2netp.onnx (default: assets_dir from params)")
     p.add_argument("--backend", choices=("auto", "onnxruntime", "torch"),
                    help="model engine (default: masks.backend from params; auto: torch on CUDA, else onnxruntime)")

@@ -144,3 +144,38 @@ def test_engine_choice():
     else:
         with pytest.raises(BgbiasError, match="no CUDA device"):
             resolve_engine("torch", "cuda")
+
+
+class StandInMasker(FirstChannel):
+    """FirstChannel as run_batched's masker on the device path (on the CPU); `fail_on`: the
+    call number (1-based) whose inference raises, as a device error would."""
+
+    device_ops, decoder = True, "pillow"
+
+    def __init__(self, fail_on=None):
+        super().__init__()
+        self.calls, self.fail_on = 0, fail_on
+
+    def infer(self, batch):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise RuntimeError("device lost")
+        return super().infer(batch)
+
+
+def test_batches_queued_one_ahead_give_every_image_its_mask_once(tmp_path):
+    # run_batched queues batch k+1 before it waits for batch k: 7 images in batches of 2,
+    # every mask the per-image Pillow path's; a batch whose inference fails is reported
+    # for its images only, and the run goes on.
+    paths = [object_image(tmp_path / "in" / f"{i}.png", size=30 + 3 * i, seed=i) for i in range(7)]
+    jobs = [MaskJob(path, tmp_path / "out" / f"{path.stem}.png") for path in paths]
+    results = list(run_batched(jobs, StandInMasker(fail_on=2), batch_size=2))
+    assert sorted(job.image.name for job, _ in results) == sorted(p.name for p in paths)
+    errors = {job.image.name: error for job, error in results}
+    assert errors["2.png"] == errors["3.png"] == "RuntimeError: device lost"
+    for i in (0, 1, 4, 5, 6):
+        assert errors[f"{i}.png"] is None
+        image = Image.open(paths[i]).convert("RGB")
+        expected = np.asarray(postprocess(preprocess(image)[:, :1] * np.float32(2.0), image.size))
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / f"{i}.png")), expected)
+    assert not (tmp_path / "out" / "2.png").exists() and not (tmp_path / "out" / "3.png").exists()

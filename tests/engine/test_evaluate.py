@@ -19,7 +19,7 @@ from bgbias.engine.evaluate import embed, retrieval_metrics, summarize_draws
 from bgbias.engine.retrieval import background_draws, evaluate_trained, load_test_split
 from bgbias.engine.train import fit
 from bgbias.layout import Layout
-from bgbias.models import PooledFeatures, initial_model
+from bgbias.models import initial_model
 from bgbias.report import relative_drop, write_report
 from tests.conftest import write_params
 
@@ -112,6 +112,18 @@ def test_evaluate_and_report_stage_outputs(evaluated, tmp_path):
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+class Pooled(torch.nn.Module):
+    """The backbone's pooled features alone, computed on their own (the stage gets them
+    from the same backbone pass as the initialised model's embeddings)."""
+
+    def __init__(self, embedder):
+        super().__init__()
+        self.embedder = embedder
+
+    def forward(self, images):
+        return self.embedder.pooled(images)
+
+
 def test_untrained_references_are_the_untouched_starting_point(evaluated, tmp_path):
     tiny_project, params, report = evaluated
     layout = Layout(tiny_project)
@@ -123,7 +135,7 @@ def test_untrained_references_are_the_untouched_starting_point(evaluated, tmp_pa
     start = initial_model(params.model, params.assets_dir, params.seed).to(memory_format=torch.channels_last).eval()
     assert report["untrained"]["initialised"]["clean"] == retrieval_metrics(*embed(start, loader, setup,
                                                                                   progress=False))
-    pooled, _ = embed(PooledFeatures(start), loader, setup, progress=False)
+    pooled, _ = embed(Pooled(start), loader, setup, progress=False)
     assert pooled.shape == (len(test_set), 1280)  # EfficientNet-Lite0's features, no embedding layer
     assert report["untrained"]["pooled_features"]["clean"] == retrieval_metrics(pooled, test_set.labels)
 

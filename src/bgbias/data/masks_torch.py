@@ -23,7 +23,7 @@ import functools
 import os
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -121,22 +121,48 @@ def _by_size(images: list[torch.Tensor]) -> list[list[int]]:
     return [chunk for chunks in groups.values() for chunk in chunks]
 
 
-def masks_on_device(masker: TorchMasker, images: list[torch.Tensor]) -> list[np.ndarray]:
-    """uint8 (3, H, W) images on the device -> uint8 (H, W) masks on the host. Images of one
-    size are resized together, and each size's masks come back in one copy: a batch of one
-    photo size costs two host syncs, not two per image."""
+class PendingMasks:
+    """A batch's masks while the device computes them: copies to (pinned) host memory are
+    queued behind the network, so the host can queue the next batch before waiting here."""
+
+    def __init__(self, groups: list[list[int]], host: list[torch.Tensor], done: torch.cuda.Event | None):
+        self.groups, self.host, self.done = groups, host, done
+
+    def result(self) -> list[np.ndarray]:
+        """uint8 (H, W) masks in the images' order (waits for the device)."""
+        if self.done is not None:
+            self.done.synchronize()
+        masks: list = [None] * sum(len(positions) for positions in self.groups)
+        for positions, values in zip(self.groups, self.host):
+            for i, mask in zip(positions, values.numpy()):
+                masks[i] = mask
+        return masks
+
+
+def launch_masks(masker: TorchMasker, images: list[torch.Tensor]) -> PendingMasks:
+    """uint8 (3, H, W) images on the device -> their masks, queued (no host sync on CUDA).
+    Images of one size are resized together, and each size's masks come back in one copy."""
     groups = _by_size(images)
     rows = [torch.tensor(positions, device=masker.device) for positions in groups]
     inputs = torch.empty((len(images), 3, *INPUT_SIZE[::-1]), dtype=torch.float32, device=masker.device)
     for positions, row in zip(groups, rows):
         inputs[row] = preprocess_tensor(torch.stack([images[i] for i in positions]))
     predictions = masker.infer(inputs)
-    masks: list = [None] * len(images)
+    host = []
     for positions, row in zip(groups, rows):
         height, width = images[positions[0]].shape[1:]
-        for i, mask in zip(positions, postprocess_tensor(predictions[row], (width, height)).cpu().numpy()):
-            masks[i] = mask
-    return masks
+        masks = postprocess_tensor(predictions[row], (width, height))
+        host.append(masks.to("cpu", non_blocking=True) if masks.is_cuda else masks)  # pinned: cuda's caching host allocator
+    done = None
+    if masker.device.type == "cuda":
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(masker.device))
+    return PendingMasks(groups, host, done)
+
+
+def masks_on_device(masker: TorchMasker, images: list[torch.Tensor]) -> list[np.ndarray]:
+    """uint8 (3, H, W) images on the device -> uint8 (H, W) masks on the host."""
+    return launch_masks(masker, images).result()
 
 
 def _decode_on_device(jobs: list[MaskJob], data: list[bytes | np.ndarray], device: torch.device) -> list:
@@ -196,23 +222,34 @@ Saves = list[tuple[MaskJob, Future]]
 Failures = list[tuple[MaskJob, str]]
 
 
-def _batch_host(masker: TorchMasker, loaded: list, io: ThreadPoolExecutor) -> tuple[Saves, Failures]:
-    """Pillow-preprocessed arrays in, one save per image out (post-processing on the threads)."""
+class Launched:
+    """A batch handed to the model: `finish` waits for its masks and queues their saves."""
+
+    def __init__(self, jobs: list[MaskJob], collect: Callable[[], list], save: Callable[..., None]):
+        self.jobs, self.collect, self.save = jobs, collect, save
+
+    def finish(self, io: ThreadPoolExecutor) -> Saves:
+        return [(job, io.submit(self.save, job, *result)) for job, result in zip(self.jobs, self.collect())]
+
+
+def _launch_host(masker: TorchMasker, loaded: list) -> tuple[Launched | None, Failures]:
+    """Pillow-preprocessed arrays in; post-processing (Pillow's) on the save threads."""
     batch = torch.from_numpy(np.stack([array for _, (array, _) in loaded]))
     predictions = masker.infer(batch).cpu().numpy()
-    return [(job, io.submit(_save_host, job, pred, size)) for (job, (_, size)), pred in zip(loaded, predictions)], []
+    results = [(pred, size) for (_, (_, size)), pred in zip(loaded, predictions)]
+    return Launched([job for job, _ in loaded], lambda: results, _save_host), []
 
 
-def _batch_device(masker: TorchMasker, loaded: list, io: ThreadPoolExecutor) -> tuple[Saves, Failures]:
-    """File bytes in: decode, resize, infer and post-process on the device; PNG writing on the threads."""
+def _launch_device(masker: TorchMasker, loaded: list) -> tuple[Launched | None, Failures]:
+    """File bytes in: decode, resize, infer and post-process queued on the device."""
     jobs = [job for job, _ in loaded]
     images = _decode_on_device(jobs, [data for _, data in loaded], masker.device)
     failed = [(job, _error(image)) for job, image in zip(jobs, images) if isinstance(image, BaseException)]
     good = [(job, image) for job, image in zip(jobs, images) if not isinstance(image, BaseException)]
     if not good:
-        return [], failed
-    masks = masks_on_device(masker, [image for _, image in good])
-    return [(job, io.submit(_save_mask, job, mask)) for (job, _), mask in zip(good, masks)], failed
+        return None, failed
+    pending = launch_masks(masker, [image for _, image in good])
+    return Launched([job for job, _ in good], lambda: [(mask,) for mask in pending.result()], _save_mask), failed
 
 
 def _batches(jobs: list[MaskJob], masker: TorchMasker, io: ThreadPoolExecutor, batch_size: int):
@@ -225,22 +262,37 @@ def _batches(jobs: list[MaskJob], masker: TorchMasker, io: ThreadPoolExecutor, b
 
 
 def run_batched(jobs: list[MaskJob], masker: TorchMasker, batch_size: int) -> Iterator[tuple[MaskJob, str | None]]:
-    """Yield (job, error or None) per job; loads and PNG writes overlap the model on threads."""
+    """Yield (job, error or None) per job. Loads and PNG writes overlap the model on threads,
+    and on the device one batch is queued while the one before it finishes."""
+    launch = _launch_device if masker.device_ops else _launch_host
     with ThreadPoolExecutor(IO_THREADS) as io:
         saves: deque[tuple[MaskJob, Future]] = deque()
+        in_flight: Launched | None = None
         for failed, loaded in _batches(jobs, masker, io, batch_size):
             yield from failed
             if not loaded:
                 continue
             try:
-                batch_saves, failed = (_batch_device if masker.device_ops else _batch_host)(masker, loaded, io)
+                launched, failed = launch(masker, loaded)
             except Exception as exc:  # reported for every image of the batch; the run goes on
                 yield from ((job, _error(exc)) for job, _ in loaded)
                 continue
             yield from failed
-            saves.extend(batch_saves)
+            yield from _finish(in_flight, io, saves)
+            in_flight = launched
             while saves and saves[0][1].done():
                 job, future = saves.popleft()
                 yield job, None if future.exception() is None else _error(future.exception())
+        yield from _finish(in_flight, io, saves)
         for job, future in saves:
             yield job, None if future.exception() is None else _error(future.exception())
+
+
+def _finish(launched: Launched | None, io: ThreadPoolExecutor, saves: deque) -> Iterator[tuple[MaskJob, str]]:
+    """Queue a launched batch's saves; its failure (at the device's sync) is every image's."""
+    if launched is None:
+        return
+    try:
+        saves.extend(launched.finish(io))
+    except Exception as exc:
+        yield from ((job, _error(exc)) for job in launched.jobs)

@@ -23,7 +23,7 @@ from bgbias.data.bgaugment import BackgroundDraw, BackgroundPool, composite
 from bgbias.data.conditions import SwapDataset, only_fg, partners, write_object_removed
 from bgbias.data.image_dataset import MaskedImageDataset
 from bgbias.engine.device import DeviceSetup
-from bgbias.engine.evaluate import average_precision_at_r, embed, retrieval_metrics, summarize_draws
+from bgbias.engine.evaluate import average_precision_at_r, embed_heads, retrieval_metrics, summarize_draws
 from bgbias.engine.seeds import Stream, derived_seed, stream_rng
 from bgbias.files import write_text
 
@@ -74,39 +74,49 @@ def _mixed(batch: torch.Tensor) -> torch.Tensor:
     return composite(batch[:, :3], batch[:, 3:4], batch[:, 4:7])
 
 
-def evaluate_swaps(model: nn.Module, suite: SwapSuite, setup: DeviceSetup, clean: np.ndarray,
-                   progress: bool = True) -> dict:
-    """Metrics per condition (drawn ones: mean and std over draws), `bg_gap` (mixed_same -
-    mixed_rand, per draw) and `worst_of_k`; `clean` [N, d] are the model's clean embeddings."""
-    result: dict = {}
+def evaluate_swaps(model: nn.Module, suite: SwapSuite, setup: DeviceSetup, clean: dict[str, np.ndarray],
+                   progress: bool = True) -> dict[str, dict]:
+    """Per output head (engine/evaluate.embed_heads): metrics per condition (drawn ones: mean
+    and std over draws), `bg_gap` (mixed_same - mixed_rand, per draw) and `worst_of_k`;
+    `clean`: the head's clean embeddings [N, d]."""
+    results: dict[str, dict] = {head: {} for head in clean}
 
-    def run(name: str, dataset: Dataset, compose) -> dict[str, float]:
-        return retrieval_metrics(*embed(model, suite.loader(dataset), setup, desc=f"test {name}",
-                                        progress=progress, compose=compose))
+    def run(name: str, dataset: Dataset, compose) -> dict[str, dict[str, float]]:
+        heads, labels = embed_heads(model, suite.loader(dataset), setup, desc=f"test {name}", progress=progress,
+                                    compose=compose)
+        return {head: retrieval_metrics(embeddings, labels) for head, embeddings in heads.items()}
 
     for name in ("only_fg", "only_bg"):
         if name in suite.conditions:
-            result[name] = run(name, *suite.view(name))
+            for head, metrics in run(name, *suite.view(name)).items():
+                results[head][name] = metrics
     per_draw = {name: [run(f"{name} {d + 1}", *suite.view(name, d)) for d in range(len(draws))]
                 for name, draws in suite.partners.items()}
-    result.update({name: summarize_draws(values) for name, values in per_draw.items()})
-    if len(per_draw) == len(MIXED):
-        gaps = [s["map_at_r"] - r["map_at_r"] for s, r in zip(per_draw["mixed_same"], per_draw["mixed_rand"])]
-        result["bg_gap"] = {"map_at_r": {"mean": float(np.mean(gaps)), "std": float(np.std(gaps)),
-                                         "draws": len(gaps)}}
+    for head, result in results.items():
+        drawn = {name: [metrics[head] for metrics in runs] for name, runs in per_draw.items()}
+        result.update({name: summarize_draws(values) for name, values in drawn.items()})
+        if len(drawn) == len(MIXED):
+            gaps = [s["map_at_r"] - r["map_at_r"] for s, r in zip(drawn["mixed_same"], drawn["mixed_rand"])]
+            result["bg_gap"] = {"map_at_r": {"mean": float(np.mean(gaps)), "std": float(np.std(gaps)),
+                                             "draws": len(gaps)}}
     if suite.worst_draws:
-        result["worst_of_k"] = worst_of_k(model, suite, setup, clean, progress)
-    return result
+        for head, worst in worst_of_k(model, suite, setup, clean, progress).items():
+            results[head]["worst_of_k"] = worst
+    return results
 
 
-def worst_of_k(model: nn.Module, suite: SwapSuite, setup: DeviceSetup, clean: np.ndarray, progress: bool) -> dict:
+def worst_of_k(model: nn.Module, suite: SwapSuite, setup: DeviceSetup, clean: dict[str, np.ndarray],
+               progress: bool) -> dict[str, dict]:
     loader = suite.loader(suite.test_set)
     labels = suite.test_set.labels
-    ap = np.stack([average_precision_at_r(embed(model, loader, setup, suite.pool, draw, desc=f"worst-of-K {k + 1}",
-                                                progress=progress)[0], clean, labels)
-                   for k, draw in enumerate(suite.worst_draws)])  # [K, N]
-    return {"map_at_r": float(np.nanmean(ap.min(axis=0))), "k": len(suite.worst_draws),
-            "query_replaced_map_at_r": float(np.nanmean(ap))}
+    ap: dict[str, list[np.ndarray]] = {head: [] for head in clean}
+    for k, draw in enumerate(suite.worst_draws):
+        queries = embed_heads(model, loader, setup, suite.pool, draw, desc=f"worst-of-K {k + 1}", progress=progress)[0]
+        for head, gallery in clean.items():
+            ap[head].append(average_precision_at_r(queries[head], gallery, labels))
+    return {head: {"map_at_r": float(np.nanmean(np.min(values, axis=0))), "k": len(suite.worst_draws),
+                   "query_replaced_map_at_r": float(np.nanmean(values))}
+            for head, values in ap.items()}
 
 
 def write_suite_draws(out_dir: Path, suite: SwapSuite) -> None:

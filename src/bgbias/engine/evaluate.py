@@ -21,18 +21,24 @@ _PML_NAMES = {"mean_average_precision_at_r": "map_at_r", "precision_at_1": "prec
               "r_precision": "r_precision"}
 
 
+SINGLE = "embedding"  # the one head of a model whose output is a tensor
+
+
 @torch.no_grad()
-def embed(model: nn.Module, loader: DataLoader, setup: DeviceSetup,
-          pool: BackgroundPool | None = None, draws: BackgroundDraw | None = None,
-          desc: str = "embed", progress: bool = True,
-          compose: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings [N, dim] (L2-normalised) and labels [N] of the loader's dataset, in
-    dataset order. With `pool` and `draws` (one draw per dataset item), each image's
-    background is replaced first; `compose` instead makes the images from the whole batch
-    (float [B, C, H, W] in [0, 1]: RGB, mask and whatever channels the dataset adds)."""
+def embed_heads(model: nn.Module, loader: DataLoader, setup: DeviceSetup,
+                pool: BackgroundPool | None = None, draws: BackgroundDraw | None = None,
+                desc: str = "embed", progress: bool = True,
+                compose: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Embeddings [N, dim] (L2-normalised) per output head, and labels [N], of the loader's
+    dataset, in dataset order. A model returns a tensor (head SINGLE) or a dict of them (several
+    views from one pass, e.g. the untrained references). With `pool` and `draws` (one draw per
+    dataset item), each image's background is replaced first; `compose` instead makes the
+    images from the whole batch (float [B, C, H, W] in [0, 1]: RGB, mask and whatever
+    channels the dataset adds)."""
     was_training = model.training
     model.eval()
-    embeddings, labels, order = [], [], []
+    embeddings: dict[str, list[torch.Tensor]] = {}
+    labels, order = [], []
     for batch, batch_labels, index in tqdm(loader, desc=desc, leave=False, disable=not progress):
         batch = batch.to(setup.device, non_blocking=True)
         if compose is not None:
@@ -43,12 +49,22 @@ def embed(model: nn.Module, loader: DataLoader, setup: DeviceSetup,
                 images = replace_backgrounds(images, masks, pool, draws.select(index))
         with setup.autocast():
             out = model(setup.to_input(images))
-        embeddings.append(F.normalize(out.float(), dim=1).cpu())
+        for head, value in (out.items() if isinstance(out, dict) else ((SINGLE, out),)):
+            embeddings.setdefault(head, []).append(F.normalize(value.float(), dim=1).cpu())
         labels.append(batch_labels)
         order.append(index)
     model.train(was_training)
     order = torch.cat(order).argsort()
-    return torch.cat(embeddings)[order].numpy(), torch.cat(labels)[order].numpy()
+    return {head: torch.cat(parts)[order].numpy() for head, parts in embeddings.items()}, torch.cat(labels)[order].numpy()
+
+
+def embed(model: nn.Module, loader: DataLoader, setup: DeviceSetup, pool: BackgroundPool | None = None,
+          draws: BackgroundDraw | None = None, desc: str = "embed", progress: bool = True,
+          compose: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`embed_heads` of a model with one output: its embeddings [N, dim] and labels [N]."""
+    heads, labels = embed_heads(model, loader, setup, pool, draws, desc, progress, compose)
+    (embeddings,) = heads.values()
+    return embeddings, labels
 
 
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -19,14 +19,14 @@ from bgbias.engine.checkpoint import load_checkpoint
 from bgbias.engine.condition_figure import conditions_figure
 from bgbias.engine.conditions import SwapSuite, build_suite, evaluate_swaps, write_suite_draws
 from bgbias.engine.device import DeviceSetup, device_setup
-from bgbias.engine.evaluate import METRICS, embed, retrieval_metrics, summarize_draws
+from bgbias.engine.evaluate import METRICS, embed_heads, retrieval_metrics, summarize_draws
 from bgbias.engine.seeds import Stream, derived_seed
 from bgbias.errors import BgbiasError
 from bgbias.files import write_json, write_text
 from bgbias.inputs import data_inputs
 from bgbias.layout import Layout
 from bgbias.lineage import evaluation_input
-from bgbias.models import Embedder, PooledFeatures, create_model, initial_model
+from bgbias.models import Embedder, StartingPoint, create_model, initial_model
 from bgbias.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -81,15 +81,28 @@ def _write_draws(path, dataset: MaskedImageDataset, pool: BackgroundPool, draws:
     write_text(path, "\n".join(rows) + "\n")
 
 
+def evaluate_heads(model: torch.nn.Module, loader: DataLoader, setup: DeviceSetup, pool: BackgroundPool,
+                   draws: list[BackgroundDraw], progress: bool = True, suite: SwapSuite | None = None) -> dict[str, dict]:
+    """The test results of each output head of `model` (engine/evaluate.embed_heads), all
+    heads from the same passes over the test images."""
+    clean, labels = embed_heads(model, loader, setup, desc="test clean", progress=progress)
+    replaced: dict[str, list[dict[str, float]]] = {head: [] for head in clean}
+    for d, draw in enumerate(draws):
+        heads = embed_heads(model, loader, setup, pool, draw, desc=f"test replaced {d + 1}", progress=progress)[0]
+        for head, embeddings in heads.items():
+            replaced[head].append(retrieval_metrics(embeddings, labels))
+    results = {head: {"clean": retrieval_metrics(embeddings, labels), "replaced": summarize_draws(replaced[head])}
+               for head, embeddings in clean.items()}
+    if suite is not None:  # the background-swap conditions and worst-of-K
+        for head, swaps in evaluate_swaps(model, suite, setup, clean, progress).items():
+            results[head].update(swaps)
+    return results
+
+
 def evaluate_mode(model: Embedder, loader: DataLoader, setup: DeviceSetup, pool: BackgroundPool,
                   draws: list[BackgroundDraw], progress: bool = True, suite: SwapSuite | None = None) -> dict:
-    clean_embeddings, labels = embed(model, loader, setup, desc="test clean", progress=progress)
-    replaced = [retrieval_metrics(*embed(model, loader, setup, pool, draw, desc=f"test replaced {d + 1}",
-                                         progress=progress))
-                for d, draw in enumerate(draws)]
-    result = {"clean": retrieval_metrics(clean_embeddings, labels), "replaced": summarize_draws(replaced)}
-    if suite is not None:  # the background-swap conditions and worst-of-K
-        result.update(evaluate_swaps(model, suite, setup, clean_embeddings, progress))
+    """The test results of a model with one output."""
+    (result,) = evaluate_heads(model, loader, setup, pool, draws, progress, suite).values()
     return result
 
 
@@ -113,10 +126,10 @@ def evaluate_trained(params: Params, layout: Layout, tracker: Tracker | None = N
                     "conditions": ["clean", "replaced", *suite.conditions], "worst_of_k": len(suite.worst_draws),
                     "modes": {}}
     for mode, (model, _) in trained.items():
-        report["modes"][mode] = _evaluate_logged(mode, model, loader, setup, pool, draws, progress, suite)
-    report["untrained"] = {name: _evaluate_logged(f"untrained ({name})", model, loader, setup, pool, draws, progress,
-                                                  suite)
-                           for name, model in untrained_references(trained[modes[0]][1], params, setup.device).items()}
+        report["modes"][mode] = _log_result(mode, evaluate_mode(model, loader, setup, pool, draws, progress, suite))
+    references = untrained_references(trained[modes[0]][1], params, setup.device)
+    report["untrained"] = {name: _log_result(f"untrained ({name})", result) for name, result in
+                           evaluate_heads(references, loader, setup, pool, draws, progress, suite).items()}
     flat = {f"untrained_{name}_{k}": v for name, result in report["untrained"].items()
             for k, v in flat_test_metrics(result, prefix="test").items()}
     tested_on = None
@@ -130,18 +143,15 @@ def evaluate_trained(params: Params, layout: Layout, tracker: Tracker | None = N
     return report
 
 
-def untrained_references(config: dict, params: Params, device: torch.device) -> dict[str, torch.nn.Module]:
+def untrained_references(config: dict, params: Params, device: torch.device) -> StartingPoint:
     """The trained models' starting point, rebuilt from their training config: as
     initialised (backbone + the seeded fresh embedding layer) and the backbone's pooled
-    features alone (no embedding layer)."""
+    features alone (no embedding layer), both from one pass of the backbone."""
     model = initial_model(ModelConfig.model_validate(config["model"]), params.assets_dir, int(config["seed"]))
-    model = model.to(device, memory_format=torch.channels_last).eval()
-    return {"initialised": model, "pooled_features": PooledFeatures(model).eval()}
+    return StartingPoint(model).to(device, memory_format=torch.channels_last).eval()
 
 
-def _evaluate_logged(name: str, model: torch.nn.Module, loader: DataLoader, setup: DeviceSetup, pool: BackgroundPool,
-                     draws: list[BackgroundDraw], progress: bool, suite: SwapSuite | None = None) -> dict:
-    result = evaluate_mode(model, loader, setup, pool, draws, progress, suite)
+def _log_result(name: str, result: dict) -> dict:
     clean, replaced = result["clean"]["map_at_r"], result["replaced"]["map_at_r"]["mean"]
     log.info("%s: test MAP@R clean %.4f, replaced %.4f +- %.4f (relative drop %.1f %%)", name, clean, replaced,
              result["replaced"]["map_at_r"]["std"], 100 * (1 - replaced / clean) if clean else 0.0)

@@ -32,18 +32,18 @@ from tqdm import tqdm
 
 from bgbias import loss_params
 from bgbias.config import MODES, Params, TrainConfig
-from bgbias.data.bgaugment import BackgroundDraw, BackgroundPool, replace_backgrounds
+from bgbias.data.bgaugment import BackgroundDraw, BackgroundPool
 from bgbias.data.datasets import DatasetIndex
-from bgbias.data.device_crops import random_resized_crops
 from bgbias.data.image_dataset import MaskedImageDataset
 from bgbias.data.prepared import open_split, pad_collate
 from bgbias.data.sampler import MPerClassBatchSampler
-from bgbias.data.transforms import eval_transform, split_batch, train_transform
+from bgbias.data.transforms import eval_transform, train_transform
 from bgbias.engine.checkpoint import load_checkpoint, recover_best, save_checkpoint, save_epoch
 from bgbias.engine.device import DeviceSetup, device_setup
 from bgbias.engine.distributed import Distributed, init_distributed
 from bgbias.engine.evaluate import embed, retrieval_metrics
 from bgbias.engine.seeds import Stream, derived_seed
+from bgbias.engine.train_input import TrainInput, device_batches
 from bgbias.errors import BgbiasError
 from bgbias.files import write_json
 from bgbias.inputs import training_inputs
@@ -67,18 +67,6 @@ class TrainStep(nn.Module):
         embeddings = self.model(images)  # [B, dim]
         with torch.autocast(embeddings.device.type, enabled=False):
             return self.loss(embeddings.float(), labels)  # losses in fp32 under bf16 autocast
-
-
-def prepare_batch(batch: torch.Tensor, labels: torch.Tensor, setup: DeviceSetup, pool: BackgroundPool | None,
-                  generator: torch.Generator, p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 [B, 4, H, W] from the loader -> float images [B, 3, H, W] on the device, with
-    BGAugment (background replaced with probability p) when a pool is given."""
-    images, masks = split_batch(batch.to(setup.device, non_blocking=True))  # [B, 3, H, W], [B, 1, H, W]
-    if pool is not None:
-        draw = pool.draw(len(images), generator)
-        apply = torch.rand(len(images), generator=generator) < p
-        images = replace_backgrounds(images, masks, pool, draw, apply)
-    return images, labels.to(setup.device, non_blocking=True)
 
 
 def optimise(step: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
@@ -339,19 +327,18 @@ def _train_epoch(run: Run, params: Params, setup: DeviceSetup, ddp: Distributed,
     run.sampler.set_epoch(epoch)
     loader = DataLoader(run.train_set, batch_sampler=run.sampler, generator=torch.Generator().manual_seed(epoch_seed),
                         collate_fn=pad_collate if run.prepared else None, **setup.loader_options())
-    augment = torch.Generator().manual_seed(epoch_seed)
+    to_device = TrainInput(setup, torch.Generator().manual_seed(epoch_seed),
+                           run.pool if run.mode == "bgaugment" else None, cfg.bgaugment_p, run.prepared, cfg.crop,
+                           cfg.crop_scale, cfg.crop_ratio)
     run.model.trunk.requires_grad_(epoch > cfg.warmup_epochs)
     run.step.train()
     total = torch.zeros((), device=setup.device)
-    pool = run.pool if run.mode == "bgaugment" else None
-    bar = tqdm(loader, desc=f"{run.mode} epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress)
-    for batch, labels, _ in bar:
-        if run.prepared:  # RandomResizedCrop + flip of the whole batch on the device
-            padded, sizes = batch
-            batch = random_resized_crops(padded.to(setup.device, non_blocking=True), sizes, cfg.crop,
-                                         cfg.crop_scale, cfg.crop_ratio, augment)
-        images, labels = prepare_batch(batch, labels, setup, pool, augment, cfg.bgaugment_p)
-        total += optimise(run.step, run.optimizer, images, labels, setup)
+    bar = tqdm(total=len(run.sampler), desc=f"{run.mode} epoch {epoch}/{cfg.epochs}", leave=False,
+               disable=not progress)
+    with bar:
+        for images, labels in device_batches(loader, to_device, setup, setup.overlap_input):
+            total += optimise(run.step, run.optimizer, images, labels, setup)
+            bar.update()
     return total.item() / len(run.sampler)
 
 

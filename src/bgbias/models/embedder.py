@@ -49,16 +49,18 @@ class Embedder(nn.Module):
         ]
 
 
-class PooledFeatures(nn.Module):
-    """An embedder seen without its embedding layer: [B, 3, H, W] -> pooled features [B, C]
-    (the untrained backbone's own retrieval, a reference every trained model must beat)."""
+class StartingPoint(nn.Module):
+    """An untrained embedder's two retrieval references from one pass of its backbone:
+    {"initialised": its embeddings (backbone + fresh embedding layer), "pooled_features":
+    the backbone's pooled features alone [B, C]}; every trained model must beat both."""
 
     def __init__(self, embedder: Embedder):
         super().__init__()
         self.embedder = embedder
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.embedder.pooled(images)
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        pooled = self.embedder.pooled(images)
+        return {"initialised": self.embedder.embedding(pooled), "pooled_features": pooled}
 
 
 def create_model(cfg: ModelConfig, assets_dir: Path, pretrained: bool = True) -> Embedder:

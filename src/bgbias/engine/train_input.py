@@ -1,0 +1,145 @@
+"""The training input on the device: a loader batch -> float images (cropped on the device
+for the decode-free store, background replaced for BGAugment) and labels, and, on CUDA,
+that work done one batch ahead of the model.
+
+Why ahead, on a thread: the model step is launch-bound at small batches (its Python and
+kernel launches keep the main thread busy), so input work issued from the same thread
+adds to every step instead of overlapping it. `device_batches(..., overlap=True)` runs
+the loader and the input work on a background thread, on its own CUDA stream, and the
+main thread waits only for that batch's event. Same batches in the same order either way:
+the input's randomness comes from its explicit generator, used on one thread, in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from bgbias.data.bgaugment import BackgroundPool, replace_backgrounds
+from bgbias.data.device_crops import random_resized_crops
+from bgbias.data.transforms import split_batch
+from bgbias.engine.device import DeviceSetup
+
+DEPTH = 2  # batches ready ahead of the model: enough to hide a slow one, little device memory
+
+
+@dataclass
+class TrainInput:
+    """Loader batch -> (images float [B, 3, crop, crop], labels) on the device. `prepared`:
+    batches come padded from the store ((uint8 [B, 4, H, W], sizes [B, 2])) and get
+    RandomResizedCrop + flip here; else they are uint8 [B, 4, crop, crop] cropped by the loader.
+    `pool`: BGAugment's backgrounds (None: the base mode), applied with probability `p`."""
+
+    setup: DeviceSetup
+    generator: torch.Generator
+    pool: BackgroundPool | None = None
+    p: float = 1.0
+    prepared: bool = False
+    crop: int = 0
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
+
+    def __call__(self, batch, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.prepared:
+            padded, sizes = batch
+            batch = random_resized_crops(padded.to(self.setup.device, non_blocking=True), sizes, self.crop,
+                                         self.crop_scale, self.crop_ratio, self.generator)
+        return prepare_batch(batch, labels, self.setup, self.pool, self.generator, self.p)
+
+
+def prepare_batch(batch: torch.Tensor, labels: torch.Tensor, setup: DeviceSetup, pool: BackgroundPool | None,
+                  generator: torch.Generator, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (or float, 0-255) [B, 4, H, W] -> float images [B, 3, H, W] on the device, with
+    BGAugment (background replaced with probability p) when a pool is given."""
+    images, masks = split_batch(batch.to(setup.device, non_blocking=True))  # [B, 3, H, W], [B, 1, H, W]
+    if pool is not None:
+        draw = pool.draw(len(images), generator)
+        apply = torch.rand(len(images), generator=generator) < p
+        images = replace_backgrounds(images, masks, pool, draw, apply)
+    return images, labels.to(setup.device, non_blocking=True)
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def device_batches(loader: Iterable, to_device: Callable[..., Batch], setup: DeviceSetup,
+                   overlap: bool) -> Iterator[Batch]:
+    """(images, labels) on the device for each (batch, labels, indices) of `loader`, in order;
+    `overlap`: loading and `to_device` on a background thread (a side stream on CUDA)."""
+    if not overlap:
+        for batch, labels, _ in loader:
+            yield to_device(batch, labels)
+        return
+    yield from _overlapped(loader, to_device, setup)
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+_END = object()
+
+
+def _overlapped(loader: Iterable, to_device: Callable[..., Batch], setup: DeviceSetup) -> Iterator[Batch]:
+    ready: queue.Queue = queue.Queue(maxsize=DEPTH)
+    stop = threading.Event()
+    stream = torch.cuda.Stream(setup.device) if setup.cuda else None
+
+    def offer(item) -> bool:  # False once the consumer has gone
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            with torch.no_grad(), _on(stream, setup):
+                for batch, labels, _ in loader:
+                    out = to_device(batch, labels)
+                    event = None
+                    if stream is not None:
+                        event = torch.cuda.Event()
+                        event.record(stream)
+                    if not offer((out, event)):
+                        return
+            offer(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            offer(_Failed(exc))
+
+    worker = threading.Thread(target=produce, name="bgbias-train-input", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            (images, labels), event = item
+            if event is not None:  # the model's stream waits for this batch, and owns its memory from here
+                current = torch.cuda.current_stream(setup.device)
+                current.wait_event(event)
+                images.record_stream(current)
+                labels.record_stream(current)
+            yield images, labels
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+
+
+def _on(stream, setup: DeviceSetup) -> contextlib.AbstractContextManager:
+    """The side stream, on the training's device (a new thread starts on device 0)."""
+    stack = contextlib.ExitStack()
+    if stream is not None:
+        stack.enter_context(torch.cuda.device(setup.device))
+        stack.enter_context(torch.cuda.stream(stream))
+    return stack
