@@ -107,6 +107,25 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tiny_project):
         {k: v for k, v in uninterrupted.items() if k != "train_seconds"}
 
 
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_resume_without_its_best_model_trains_afresh_to_the_same_end(tiny_project, caplog, damage):
+    # last.pt alone cannot finish a run: the best model so far is in best.pt. Gone or
+    # damaged, the run starts again (a warning says why) and ends as the uninterrupted one.
+    uninterrupted = _fit(tiny_project, train={"epochs": 2})
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tiny_project, tracker=KilledAfterEpoch(1), train={"epochs": 2})
+    best = tiny_project / "outputs" / "train" / "synthetic" / "base" / "best.pt"
+    if damage == "deleted":
+        best.unlink()
+    else:
+        best.write_bytes(best.read_bytes()[:100])
+    resumed = _fit(tiny_project, resume=True, train={"epochs": 2})
+    assert "training starts from scratch" in caplog.text
+    assert {k: v for k, v in resumed.items() if k != "train_seconds"} == \
+        {k: v for k, v in uninterrupted.items() if k != "train_seconds"}
+    assert torch.load(best, weights_only=True)["epoch"] == resumed["best_epoch"]
+
+
 def _landings(monkeypatch, kill_at: int | None = None) -> list[str]:
     """Record every file landing (os.replace ends each atomic write and the best.pt commit);
     with `kill_at`, die just before the kill_at-th, as a SIGKILL there would."""

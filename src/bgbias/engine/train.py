@@ -293,6 +293,14 @@ def _start_state(run: Run, last_path: Path, best_path: Path, fingerprint: str, r
     state = _resumable_state(last_path, fingerprint) if resume else None
     if ddp.is_main:  # best.pt must match last.pt: finish or drop a cut-short commit; a fresh run drops it
         recover_best(best_path, None if state is None else state["best_epoch"])
+    # Resuming needs the best model so far too: without it (deleted, damaged) start afresh, all ranks alike.
+    lost_best = ddp.is_main and state is not None and not _holds_epoch(best_path, state["best_epoch"])
+    if ddp.broadcast_flag(lost_best) and state is not None:
+        if ddp.is_main:
+            log.warning("%s is missing, unreadable or not the best epoch (%d) that %s names: training starts "
+                        "from scratch", best_path, state["best_epoch"], last_path)
+            recover_best(best_path, None)
+        state = None
     if state is not None:
         run.model.load_state_dict(state["model"])
         run.loss.load_state_dict(state["loss"])
@@ -366,6 +374,16 @@ def _end_epoch(run: Run, state: dict, epoch: int, metrics: dict[str, float], sec
     log.info("%s epoch %d: loss %.4f, val MAP@R %.4f, replaced %.4f%s", run.mode, epoch, metrics["train_loss"],
              metrics["val_map_at_r"], metrics["val_replaced_map_at_r"], " *" if improved else "")
     return stop
+
+
+def _holds_epoch(best_path: Path, epoch: int) -> bool:
+    """best.pt is there, readable and the checkpoint of `epoch` (0: no best yet, nothing to hold)."""
+    if epoch == 0:
+        return True
+    try:
+        return load_checkpoint(best_path).get("epoch") == epoch
+    except BgbiasError:
+        return False
 
 
 def _resumable_state(last_path: Path, fingerprint: str) -> dict | None:
