@@ -11,6 +11,8 @@ from typing import Any
 
 from PIL import Image
 
+from bgbias.errors import BgbiasError
+
 TEMP_SUFFIX = ".partial"
 
 
@@ -47,6 +49,19 @@ def save_image(path: Path, image: Image.Image) -> None:
     """Save with the format taken from `path`'s suffix (the temp name has none)."""
     fmt = Image.registered_extensions()[Path(path).suffix.lower()]
     atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
+
+
+def refuse_linked(folder: Path, below: Path) -> None:
+    """A stage that deletes and replaces files in `folder` refuses it when it, or a folder
+    between it and `below`, is a symbolic link: the files there are another folder's.
+    (`below` itself may be one, e.g. outputs/ on a scratch disk.)"""
+    folder, below = Path(folder), Path(below)
+    for path in (folder, *folder.parents):
+        if path == below or below not in path.parents:
+            return
+        if path.is_symlink():
+            raise BgbiasError(f"{path} is a symbolic link (to {path.resolve()}); the stage deletes and replaces "
+                              f"files under {folder}: make it a plain folder")
 
 
 def remove_stale_temps(directory: Path) -> int:

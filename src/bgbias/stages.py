@@ -15,7 +15,7 @@ from bgbias.data.mask_quality import evaluate_masks
 from bgbias.data.masks import EXACT, MODEL_NAME, MaskJob, check_folders, check_jobs, compute_masks, mask_path_for
 from bgbias.data.synthetic import generate
 from bgbias.errors import BgbiasError
-from bgbias.files import write_json
+from bgbias.files import refuse_linked, write_json
 from bgbias.inputs import write_manifests
 from bgbias.layout import Layout
 from bgbias.process_guard import hold_folder
@@ -72,6 +72,7 @@ def _masks(params: Params, layout: Layout) -> dict:
     out_dir = layout.masks(params.dataset)
     jobs = [MaskJob(dataset_index.root / s.path, mask_path_for(s.path, out_dir), s.sha1)
             for s in dataset_index.samples]
+    refuse_linked(out_dir, out_dir.parent.parent)  # outputs/masks/<dataset>
     check_folders(dataset_index.root, out_dir)
     check_jobs(jobs, out_dir)  # before anything in the folder is touched
     _remove_unlisted(out_dir, {job.mask for job in jobs})
@@ -101,6 +102,7 @@ def prepare(params: Params, layout: Layout) -> dict:
     """Opt-in decode-free training input (data/prepared.py); disabled: a manifest saying so."""
     from bgbias.data.prepared import prepare as store, write_disabled
 
+    refuse_linked(layout.prepared(params.dataset), layout.prepared(params.dataset).parent.parent)
     if not params.prepare.enabled:
         return write_disabled(layout.prepared(params.dataset))
     dataset_index = DatasetIndex.read(layout.index_csv(params.dataset), params.selected.root)

@@ -9,7 +9,7 @@ import os
 import pytest
 import yaml
 
-from tests.reliability.conftest import assert_refused, assert_only_changed
+from tests.reliability.conftest import VICTIM_BYTES, assert_ok, assert_only_changed, assert_refused
 from tests.reliability.formats import cars_dataset, csv_dataset, cub_dataset, folder_dataset, sop_dataset
 
 
@@ -86,3 +86,36 @@ def test_index_refuses_a_dataset_name_that_leaves_outputs(probe):
     before = probe.snapshot()
     assert_refused(probe.run("index"), "params.yaml", f"dataset name '{name}'")
     assert_only_changed(before, probe.snapshot())
+
+
+@pytest.mark.parametrize("stage,folder", [("masks", "outputs/masks/ds"), ("prepare", "outputs/prepared/ds")])
+def test_a_stage_folder_that_is_a_link_elsewhere_is_refused(probe, stage, folder):
+    """The masks stage deletes masks of images not in the index and the prepare stage its
+    old store: through a linked folder those would be another folder's files."""
+    root = probe.project / "data" / "ds"
+    root.mkdir(parents=True)
+    probe.params(folder_dataset(root))
+    assert_ok(probe.run("index"))
+    (probe.project / folder).parent.mkdir(parents=True, exist_ok=True)
+    (probe.project / folder).symlink_to(probe.outside, target_is_directory=True)
+    before = probe.snapshot()
+    assert_refused(probe.run(stage), folder, "is a symbolic link", "make it a plain folder")
+    assert_only_changed(before, probe.snapshot(), "project/outputs/masks/.ds.lock")
+    assert probe.victim.read_bytes() == VICTIM_BYTES
+
+
+def test_training_refuses_a_checkpoint_folder_linked_elsewhere(tiny_project, tmp_path):
+    from bgbias.config import load_params
+    from bgbias.engine.train import fit
+    from bgbias.errors import BgbiasError
+    from bgbias.layout import Layout
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "best.pt").write_bytes(VICTIM_BYTES)
+    folder = tiny_project / "outputs" / "train" / "synthetic" / "base"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(BgbiasError, match="base is a symbolic link"):
+        fit(load_params(tiny_project / "params.yaml"), Layout(tiny_project), "base", progress=False)
+    assert (elsewhere / "best.pt").read_bytes() == VICTIM_BYTES

@@ -45,7 +45,7 @@ from bgbias.engine.evaluate import embed, retrieval_metrics
 from bgbias.engine.seeds import Stream, derived_seed
 from bgbias.engine.train_input import TrainInput, device_batches
 from bgbias.errors import BgbiasError
-from bgbias.files import write_json
+from bgbias.files import refuse_linked, write_json
 from bgbias.inputs import training_inputs
 from bgbias.layout import Layout
 from bgbias.lineage import training_input
@@ -239,8 +239,10 @@ def _prepare(params: Params, layout: Layout, mode: str, setup: DeviceSetup, ddp:
 def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bool, progress: bool,
          setup: DeviceSetup, ddp: Distributed, target: RunTarget) -> dict:
     cfg = params.train
-    run = _prepare(params, layout, mode, setup, ddp)
     out_dir = target.out_dir or layout.train_dir(params.dataset, mode)
+    if target.out_dir is None:  # a fresh run deletes the old best.pt: never through a link to elsewhere
+        refuse_linked(out_dir, layout.outputs)
+    run = _prepare(params, layout, mode, setup, ddp)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     inputs = training_inputs(params, layout)
     fingerprint = _fingerprint(run.config, inputs)
