@@ -281,10 +281,12 @@ def test_a_journal_whose_writer_died_mid_record_is_repaired_with_a_warning(tmp_p
     assert _trials(params, tmp_path) == (2, 1)
 
 
-def test_a_damaged_journal_line_is_a_one_line_error(tmp_path):
+@pytest.mark.parametrize("line", [b"\x00\xff garbage\n", b'{"trial_id": 0}\n', b"[1, 2]\n"])
+def test_a_damaged_journal_line_is_a_one_line_error(tmp_path, line):
+    # Not JSON, or JSON without an operation (Optuna would fail on it with a KeyError).
     params, path = _params(tmp_path), _journal_with_two_trials(tmp_path)
     lines = path.read_bytes().splitlines(keepends=True)
-    path.write_bytes(b"".join(lines[:2] + [b"\x00\xff garbage\n"] + lines[2:]))
+    path.write_bytes(b"".join(lines[:2] + [line] + lines[2:]))
     with pytest.raises(BgbiasError, match=re.escape(f"{path}:3: not an Optuna journal record; move the file aside")):
         tuning.list_studies(params, Layout(tmp_path))
 

@@ -118,7 +118,7 @@ def check_journal(path: Path) -> None:
             record = json.loads(line)
         except ValueError:  # JSONDecodeError, UnicodeDecodeError
             record = None
-        if not isinstance(record, dict):
+        if not (isinstance(record, dict) and "op_code" in record):
             raise BgbiasError(f"{path}:{number}: not an Optuna journal record; move the file aside to start "
                               "the study afresh (its trials are lost)")
 
