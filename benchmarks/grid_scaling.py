@@ -7,8 +7,8 @@ cost of the paper-scale grid estimated from per-image costs measured here.
    (N x `cpus_per_cell` CPUs) for each N in `--workers`. Prints wall time per N, speed-up,
    and each cell's wall time from its MLflow run.
 2. Paper scale (an ESTIMATE, nothing of it run): images pushed through the network per cell
-   (training steps, validation every epoch, the test evaluation of the trained and two
-   untrained models over the draws, SmoothGrad copies) from the paper's sizes in
+   (training steps, validation every epoch, the test evaluation of the trained model and
+   the untrained start over the draws, SmoothGrad copies) from the paper's sizes in
    pipelines/paper/params.yaml and the datasets' published image counts, times seconds per
    image of a train step and of an embedding at 227 px measured on this machine's CPU.
    A GPU's figures are not measured here: pass `--gpu-train-ips/--gpu-embed-ips` (images/s
@@ -121,7 +121,8 @@ def paper_workload(dataset: str, epochs: int, iterations: int, batch: int, draws
     trainval, test = DATASETS[dataset]
     val = trainval * VAL_SHARE[dataset]
     trained = epochs * iterations * batch
-    embedded = (epochs + 1) * 2 * val + 3 * (1 + draws) * test  # validation (clean + replaced), 3 models on test
+    # Validation (clean + replaced); on test the trained model and the untrained start (its two references share a pass).
+    embedded = (epochs + 1) * 2 * val + 2 * (1 + draws) * test
     attributed = 2 * attribution * copies * 2  # forward + backward ~ 2 embeddings, clean and replaced
     return trained, embedded + attributed
 

@@ -147,6 +147,21 @@ def run(args: argparse.Namespace, store: Path) -> None:
     timed(model_only, args.warmup, setup.cuda)
     model_seconds = timed(model_only, args.iterations, setup.cuda)
 
+    # Embedding (evaluation's forward: eval mode, no grad, the training's autocast) of
+    # eval_batch_size images: the rate the grid's GPU-hours need beside the train step's.
+    eval_images = images[torch.arange(cfg.eval_batch_size, device=images.device) % len(images)]
+
+    @torch.no_grad()
+    def embedding_only(n: int) -> None:
+        for _ in range(n):
+            with setup.autocast():
+                model(setup.to_input(eval_images))
+
+    model.eval()
+    timed(embedding_only, args.warmup, setup.cuda)
+    embed_rate = args.iterations * cfg.eval_batch_size / timed(embedding_only, args.iterations, setup.cuda)
+    model.train()
+
     images_done = args.iterations * args.batch
     model_rate = images_done / model_seconds
     if build_seconds is not None:
@@ -163,6 +178,8 @@ def run(args: argparse.Namespace, store: Path) -> None:
         print(f"  input one batch ahead{' (the default on CUDA)' if setup.cuda else ''}: {ahead:8.1f} images/s  "
               f"ratio to model-only {ahead / model_rate:.3f}")
     print(f"model-only step:                {model_rate:8.1f} images/s  (goal on GPU: full >= 0.95 x model-only)")
+    print(f"embedding (eval forward, batch {cfg.eval_batch_size}): {embed_rate:8.1f} images/s  "
+          "(benchmarks/grid_scaling.py --gpu-embed-ips; --gpu-train-ips: the full step's rate)")
 
 
 if __name__ == "__main__":
