@@ -78,3 +78,22 @@ def test_a_point_value_that_is_no_probability_is_refused(tmp_path, point, value)
     with pytest.raises(BgbiasError, match=f"bias-curve point value '{value}'"):
         point(params, layout, value)
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_point_is_tracked_in_the_bias_curve_experiment(tiny_project):
+    from bgbias.tracking import MlflowTracker
+
+    params = load_params(write_params(tiny_project, {
+        "train": {"epochs": 1, "iterations_per_epoch": 1},
+        "eval": {"replaced_draws": 1, "worst_of_k": 0, "conditions": []}}))
+    tracker = MlflowTracker.for_project(tiny_project)
+    report = bgaugment_point(params, Layout(tiny_project), "0.5", tracker=tracker)
+    runs = tracker.search_runs("bias_curve", {"bias_curve": "bgaugment_p"})
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["tags.bias_curve_value"] == "0.5" and run["params.bias_curve.value"] == "0.5"
+    assert run["tags.mlflow.runName"] == "bgaugment_p=0.5 bgaugment" and run["params.train.bgaugment_p"] == "0.5"
+    clean = report["modes"]["bgaugment"]["clean"]["map_at_r"]
+    assert run["metrics.test_clean_map_at_r"] == pytest.approx(clean)
+    assert run["metrics.untrained_initialised_test_clean_map_at_r"] == pytest.approx(
+        report["untrained"]["initialised"]["clean"]["map_at_r"])

@@ -203,7 +203,7 @@ def cmd_curve_point(args: argparse.Namespace) -> None:
 
     params, layout = _params(args)
     run = correlation_point if args.curve == "bg_correlation" else bgaugment_point
-    run(params, layout, args.value)
+    run(params, layout, args.value, tracker=_tracker(args, layout, params))
 
 
 def cmd_bias_curve(args: argparse.Namespace) -> None:
@@ -449,11 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     tracked_stage("report", "stage: reports/results.md (Tables 1 and 2) and the MAP@R bar chart", cmd_report)
 
-    p = sub.add_parser("curve-point", help="one bias-curve point: train and evaluate in outputs/bias_curve/CURVE/VALUE")
+    p = tracked_stage("curve-point", "one bias-curve point: train and evaluate in outputs/bias_curve/CURVE/VALUE",
+                      cmd_curve_point)
     p.add_argument("--curve", required=True, choices=("bg_correlation", "bgaugment_p"))
     p.add_argument("--value", required=True, help="synthetic.bg_correlation or train.bgaugment_p, as params.yaml "
                                                   "writes it (names the folder)")
-    p.set_defaults(func=cmd_curve_point)
     sub.add_parser("bias-curve", help="reports/bias_curve/: the curves from their points (CSV, JSON, PNG)"
                    ).set_defaults(func=cmd_bias_curve)
     p = sub.add_parser("query", help="nearest test images of IMAGE... under a registered model, and a contact sheet")

@@ -7,8 +7,11 @@
 - `bgaugment_p`: BGAugment trained on the default data (the project's index, masks and
   pools) with that probability, evaluated likewise.
 
-Each evaluation includes the untrained references on the same images and draws. Points are
-not tracked in MLflow (their metrics.json holds everything the curve reads).
+Each evaluation includes the untrained references on the same images and draws. With a
+tracker, each point's trainings are MLflow runs of the experiment `bias_curve` (param
+`bias_curve.value`, tags `bias_curve` and `bias_curve_value`), with their validation curves
+and, from the evaluation, the test metrics; no model is registered (the registry's aliases
+are the default study's). The curve itself reads only the points' metrics.json.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import shutil
 from bgbias import stages
 from bgbias.config import MODES, Params
 from bgbias.engine.retrieval import evaluate_trained
-from bgbias.engine.train import fit
+from bgbias.engine.train import RunTarget, fit
 from bgbias.errors import BgbiasError
 from bgbias.layout import Layout, PointLayout
+from bgbias.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,8 @@ def point_value(text: str) -> float:
     return value
 
 
-def correlation_point(params: Params, layout: Layout, name: str, progress: bool = False) -> dict:
+def correlation_point(params: Params, layout: Layout, name: str, progress: bool = False,
+                      tracker: Tracker | None = None) -> dict:
     """`name`: the value as params.yaml writes it (the point's folder name)."""
     value = point_value(name)
     synthetic = params.datasets.get(SYNTHETIC)
@@ -61,18 +66,29 @@ def correlation_point(params: Params, layout: Layout, name: str, progress: bool 
         shutil.copytree(point.synthetic / "masks", point.masks(SYNTHETIC))  # the renderer's exact masks
     else:
         stages.masks(params, point)
+    tracker = tracker or NullTracker()
     for mode in MODES:
-        fit(params, point, mode, progress=progress)
-    return _evaluate(params, point, MODES, f"bg_correlation {value:g}", progress)
+        fit(params, point, mode, tracker, progress=progress, target=_tracked_as("bg_correlation", name, value, mode))
+    return _evaluate(params, point, MODES, f"bg_correlation {value:g}", progress, tracker)
 
 
-def bgaugment_point(params: Params, layout: Layout, name: str, progress: bool = False) -> dict:
+def bgaugment_point(params: Params, layout: Layout, name: str, progress: bool = False,
+                    tracker: Tracker | None = None) -> dict:
     value = point_value(name)
     point = PointLayout(layout.curve_point("bgaugment_p", name), project=layout.root, own_data=False)
     _fresh(point)
     params = params.model_copy(update={"train": params.train.model_copy(update={"bgaugment_p": value})})
-    fit(params, point, "bgaugment", progress=progress)
-    return _evaluate(params, point, ("bgaugment",), f"bgaugment_p {value:g}", progress)
+    tracker = tracker or NullTracker()
+    fit(params, point, "bgaugment", tracker, progress=progress,
+        target=_tracked_as("bgaugment_p", name, value, "bgaugment"))
+    return _evaluate(params, point, ("bgaugment",), f"bgaugment_p {value:g}", progress, tracker)
+
+
+def _tracked_as(curve: str, name: str, value: float, mode: str) -> RunTarget:
+    """A point's training run in MLflow (its files stay in the point's folder)."""
+    return RunTarget(experiment="bias_curve", run_name=f"{curve}={name} {mode}",
+                     tags={"bias_curve": curve, "bias_curve_value": name},
+                     params={"bias_curve": {"curve": curve, "value": value}}, register_model=False)
 
 
 def _fresh(point: PointLayout) -> None:
@@ -82,8 +98,9 @@ def _fresh(point: PointLayout) -> None:
     point.root.mkdir(parents=True)
 
 
-def _evaluate(params: Params, point: PointLayout, modes: tuple[str, ...], name: str, progress: bool) -> dict:
-    report = evaluate_trained(params, point, progress=progress, modes=modes)
+def _evaluate(params: Params, point: PointLayout, modes: tuple[str, ...], name: str, progress: bool,
+              tracker: Tracker) -> dict:
+    report = evaluate_trained(params, point, tracker, progress=progress, modes=modes)
     for mode in modes:
         result = report["modes"][mode]
         log.info("%s %s: MAP@R clean %.4f, replaced %.4f", name, mode, result["clean"]["map_at_r"],

@@ -145,6 +145,7 @@ class RunTarget:
     run_name: str | None = None
     experiment: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    params: dict = field(default_factory=dict)  # logged beside the run's config (e.g. a bias-curve point's value)
     register_model: bool = True  # log the best model and register it as bgbias-<dataset>-<loss>@<mode>
     on_epoch: Callable[[int, dict[str, float]], None] | None = None
 
@@ -322,7 +323,8 @@ def _start_tracking(run: Run, params: Params, layout: Layout, tracker: Tracker, 
     tags = {**target.tags, "mode": run.mode, "dataset": params.dataset, "loss": params.loss,
             "backbone": params.model.backbone, **context_tags(layout.root)}
     state["run_id"] = tracker.start(target.experiment or params.dataset, target.run_name or f"{run.mode}-{params.loss}",
-                                    {**run.config, "data": data}, tags, resume_run_id=state["run_id"])
+                                    {**run.config, "data": data, **target.params}, tags,
+                                    resume_run_id=state["run_id"])
 
 
 def _train_epoch(run: Run, params: Params, setup: DeviceSetup, ddp: Distributed, epoch: int,
