@@ -247,7 +247,8 @@ def prepare_step(grid: Grid, step: str | None, dataset: str | None = None) -> No
     elif step in ("index", "masks"):
         if dataset is None:
             raise BgbiasError(f"grid prepare {step}: --dataset is required")
-        if dataset not in grid.params.paper.datasets:  # (it names folders: checked before any is made)
+        # It names folders: checked before any is made; .get reads only the stage's declared datasets.<name>.
+        if grid.params.datasets.get(dataset) is None:
             raise BgbiasError(f"grid prepare {step}: --dataset {dataset!r} is not one of the grid's datasets "
                               f"(paper.datasets: {', '.join(grid.params.paper.datasets)})")
         getattr(stages, step)(grid.dataset_params(dataset), grid.layout.for_dataset(dataset))
