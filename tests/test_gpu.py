@@ -99,3 +99,22 @@ def test_training_input_ahead_on_a_side_stream_equals_inline():
 
     for (a, la), (b, lb) in zip(batches(False), batches(True), strict=True):
         assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_embedding_passes_on_cuda_with_the_input_ahead_equal_the_inline_ones():
+    from bgbias.data.bgaugment import BackgroundPool
+    from bgbias.engine.device import DeviceSetup
+    from bgbias.engine.evaluate import embed_heads
+
+    rng = torch.Generator().manual_seed(0)
+    pool = BackgroundPool(torch.rand(3, 3, 16, 16, generator=rng).cuda())
+    loader = [((torch.rand(8, 4, 24, 24, generator=rng) * 255).to(torch.uint8), torch.arange(8) % 3,
+               torch.arange(i, i + 8)) for i in range(0, 48, 8)]
+    draws = pool.draw(48, torch.Generator().manual_seed(1))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).cuda()
+
+    def run(overlap):
+        setup = DeviceSetup(torch.device("cuda"), 0, overlap_input=overlap)
+        return embed_heads(model, loader, setup, pool, draws, progress=False)[0]["embedding"]
+
+    assert (run(False) == run(True)).all()

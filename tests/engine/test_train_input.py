@@ -30,7 +30,7 @@ def _loader(n, fail_at=None):
 
 def _noisy(generator):
     """A to_device that draws from its generator, as crops and BGAugment do."""
-    return lambda batch, labels: (batch + torch.rand(batch.shape, generator=generator), labels)
+    return lambda batch, labels, _: (batch + torch.rand(batch.shape, generator=generator), labels)
 
 
 def test_overlapped_batches_equal_the_inline_ones_in_order():
@@ -43,14 +43,14 @@ def test_overlapped_batches_equal_the_inline_ones_in_order():
 def test_a_loader_error_reaches_the_training_loop_after_the_batches_before_it():
     seen = []
     with pytest.raises(BgbiasError, match="image 3: cannot be read"):
-        for _, labels in device_batches(_loader(6, fail_at=3), lambda b, l: (b, l), CPU, overlap=True):
+        for _, labels in device_batches(_loader(6, fail_at=3), lambda b, l, _: (b, l), CPU, overlap=True):
             seen.append(int(labels[0]))
     assert seen == [0, 1, 2]
 
 
 def test_stopping_early_ends_the_input_thread():
     before = threading.active_count()
-    batches = device_batches(_loader(100), lambda b, l: (b, l), CPU, overlap=True)
+    batches = device_batches(_loader(100), lambda b, l, _: (b, l), CPU, overlap=True)
     next(batches)
     batches.close()  # the training loop left (an exception, early stopping)
     assert threading.active_count() == before
@@ -73,3 +73,24 @@ def test_training_with_the_input_ahead_equals_training_without(tiny_project, mon
         return [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in state["history"]]
 
     assert history(True) == history(False)
+
+
+def test_embedding_passes_with_the_input_ahead_equal_the_inline_ones():
+    # Evaluation's embed_heads makes its input (background swaps included) the same way.
+    from bgbias.data.bgaugment import BackgroundPool
+    from bgbias.engine.evaluate import embed_heads
+
+    rng = torch.Generator().manual_seed(0)
+    pool = BackgroundPool(torch.rand(3, 3, 16, 16, generator=rng))
+    order = torch.randperm(12, generator=rng)  # the loader's order is not the dataset's
+    loader = [((torch.rand(4, 4, 12, 12, generator=rng) * 255).to(torch.uint8), order[i:i + 4] % 3, order[i:i + 4])
+              for i in range(0, 12, 4)]
+    draws = pool.draw(12, torch.Generator().manual_seed(1))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+
+    def run(overlap):
+        return embed_heads(model, loader, dataclasses.replace(CPU, overlap_input=overlap), pool, draws, progress=False)
+
+    (inline, labels), (ahead, labels_ahead) = run(False), run(True)
+    assert inline["embedding"].shape == (12, 5) and (labels == labels_ahead).all()
+    assert (inline["embedding"] == ahead["embedding"]).all()

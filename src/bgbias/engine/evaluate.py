@@ -15,6 +15,7 @@ from tqdm import tqdm
 from bgbias.data.bgaugment import BackgroundDraw, BackgroundPool, replace_backgrounds
 from bgbias.data.transforms import split_batch
 from bgbias.engine.device import DeviceSetup
+from bgbias.engine.train_input import device_batches
 
 METRICS = ("map_at_r", "precision_at_1", "r_precision")
 _PML_NAMES = {"mean_average_precision_at_r": "map_at_r", "precision_at_1": "precision_at_1",
@@ -35,27 +36,33 @@ def embed_heads(model: nn.Module, loader: DataLoader, setup: DeviceSetup,
     dataset item), each image's background is replaced first; `compose` instead makes the
     images from the whole batch (float [B, C, H, W] in [0, 1]: RGB, mask and whatever
     channels the dataset adds)."""
+    def to_device(batch: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> tuple:
+        batch = batch.to(setup.device, non_blocking=True)
+        if compose is not None:
+            return compose(batch.float().div_(255.0)), labels, index
+        images, masks = split_batch(batch)
+        if pool is not None:
+            images = replace_backgrounds(images, masks, pool, draws.select(index))
+        return images, labels, index
+
     was_training = model.training
     model.eval()
     embeddings: dict[str, list[torch.Tensor]] = {}
     labels, order = [], []
-    for batch, batch_labels, index in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        batch = batch.to(setup.device, non_blocking=True)
-        if compose is not None:
-            images = compose(batch.float().div_(255.0))
-        else:
-            images, masks = split_batch(batch)
-            if pool is not None:
-                images = replace_backgrounds(images, masks, pool, draws.select(index))
+    # On CUDA the input is made one batch ahead on a side stream, and embeddings stay on the
+    # device until the end: no host sync per batch.
+    batches = device_batches(loader, to_device, setup, setup.overlap_input)
+    for images, batch_labels, index in tqdm(batches, total=len(loader), desc=desc, leave=False, disable=not progress):
         with setup.autocast():
             out = model(setup.to_input(images))
         for head, value in (out.items() if isinstance(out, dict) else ((SINGLE, out),)):
-            embeddings.setdefault(head, []).append(F.normalize(value.float(), dim=1).cpu())
+            embeddings.setdefault(head, []).append(F.normalize(value.float(), dim=1))
         labels.append(batch_labels)
         order.append(index)
     model.train(was_training)
     order = torch.cat(order).argsort()
-    return {head: torch.cat(parts)[order].numpy() for head, parts in embeddings.items()}, torch.cat(labels)[order].numpy()
+    return ({head: torch.cat(parts).cpu()[order].numpy() for head, parts in embeddings.items()},
+            torch.cat(labels)[order].numpy())
 
 
 def embed(model: nn.Module, loader: DataLoader, setup: DeviceSetup, pool: BackgroundPool | None = None,

@@ -1,6 +1,6 @@
 """The training input on the device: a loader batch -> float images (cropped on the device
 for the decode-free store, background replaced for BGAugment) and labels, and, on CUDA,
-that work done one batch ahead of the model.
+that work done one batch ahead of the model (also for evaluation's embedding passes).
 
 Why ahead, on a thread: the model step is launch-bound at small batches (its Python and
 kernel launches keep the main thread busy), so input work issued from the same thread
@@ -44,7 +44,7 @@ class TrainInput:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (0.75, 4 / 3)
 
-    def __call__(self, batch, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, batch, labels: torch.Tensor, indices=None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.prepared:
             padded, sizes = batch
             batch = random_resized_crops(padded.to(self.setup.device, non_blocking=True), sizes, self.crop,
@@ -64,16 +64,16 @@ def prepare_batch(batch: torch.Tensor, labels: torch.Tensor, setup: DeviceSetup,
     return images, labels.to(setup.device, non_blocking=True)
 
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple  # what `to_device` makes of a loader item, e.g. (images, labels) on the device
 
 
 def device_batches(loader: Iterable, to_device: Callable[..., Batch], setup: DeviceSetup,
                    overlap: bool) -> Iterator[Batch]:
-    """(images, labels) on the device for each (batch, labels, indices) of `loader`, in order;
+    """`to_device(*item)` for each item (batch, labels, indices) of `loader`, in order;
     `overlap`: loading and `to_device` on a background thread (a side stream on CUDA)."""
     if not overlap:
-        for batch, labels, _ in loader:
-            yield to_device(batch, labels)
+        for item in loader:
+            yield to_device(*item)
         return
     yield from _overlapped(loader, to_device, setup)
 
@@ -103,8 +103,8 @@ def _overlapped(loader: Iterable, to_device: Callable[..., Batch], setup: Device
     def produce() -> None:
         try:
             with torch.no_grad(), _on(stream, setup):
-                for batch, labels, _ in loader:
-                    out = to_device(batch, labels)
+                for item in loader:
+                    out = to_device(*item)
                     event = None
                     if stream is not None:
                         event = torch.cuda.Event()
@@ -124,13 +124,14 @@ def _overlapped(loader: Iterable, to_device: Callable[..., Batch], setup: Device
                 return
             if isinstance(item, _Failed):
                 raise item.error
-            (images, labels), event = item
+            out, event = item
             if event is not None:  # the model's stream waits for this batch, and owns its memory from here
                 current = torch.cuda.current_stream(setup.device)
                 current.wait_event(event)
-                images.record_stream(current)
-                labels.record_stream(current)
-            yield images, labels
+                for tensor in out:
+                    if isinstance(tensor, torch.Tensor) and tensor.is_cuda:
+                        tensor.record_stream(current)
+            yield out
     finally:
         stop.set()
         worker.join(timeout=60)
