@@ -250,34 +250,12 @@ def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bo
     state = _start_state(run, last_path, best_path, fingerprint, resume, ddp)
 
     if ddp.is_main:
-        fresh_run = state["run_id"] is None
-        _start_tracking(run, params, layout, tracker, target, state, ddp, setup)
-        if fresh_run:  # a resumed run saw the same inputs (the fingerprint says so) and has them logged
-            tracker.log_dataset(training_input(params, layout, inputs))
-        if not state["history"]:  # epoch 0: the untrained start, the first point of every curve
-            metrics = _validate(run.model, run.val_loader, setup, run.pool, run.val_draws, progress)
-            state["history"].append({"epoch": 0, **metrics})
-            tracker.log_metrics(metrics, step=0)
-            log.info("%s epoch 0 (untrained): val MAP@R %.4f, replaced %.4f", mode, metrics["val_map_at_r"],
-                     metrics["val_replaced_map_at_r"])
+        _begin(run, params, layout, tracker, target, state, ddp, setup, inputs, progress)
     log.info("%s: %d train images (%d classes), %d val images; %d epochs x %d iterations of %d on %s",
              mode, len(run.train_set), run.train_set.num_classes, len(run.val_set), cfg.epochs,
              cfg.iterations_per_epoch, cfg.batch_size, setup.device)
-
-    stopped_early = False
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-        start = time.perf_counter()
-        train_loss = ddp.mean(_train_epoch(run, params, setup, ddp, epoch, progress))
-        stop = False
-        if ddp.is_main:
-            metrics = {"train_loss": train_loss,
-                       **_validate(run.model, run.val_loader, setup, run.pool, run.val_draws, progress),
-                       "lr": run.optimizer.param_groups[0]["lr"]}
-            stop = _end_epoch(run, state, epoch, metrics, time.perf_counter() - start, cfg, best_path,
-                              last_path, fingerprint, tracker, target)
-        stopped_early = ddp.broadcast_flag(stop)
-        if stopped_early:
-            break
+    stopped_early = _run_epochs(run, params, setup, ddp, state, (last_path, best_path, fingerprint), tracker, target,
+                                progress)
 
     result = {}
     if ddp.is_main:
@@ -289,6 +267,42 @@ def _fit(params: Params, layout: Layout, mode: str, tracker: Tracker, resume: bo
                          stopped_early, tracker, best_path, served)
     ddp.barrier()
     return result
+
+
+def _begin(run: Run, params: Params, layout: Layout, tracker: Tracker, target: RunTarget, state: dict,
+           ddp: Distributed, setup: DeviceSetup, inputs: dict[str, str], progress: bool) -> None:
+    """Rank 0, before the first epoch: the MLflow run (started or resumed), the training's
+    dataset input, and epoch 0 (the untrained start, the first point of every curve)."""
+    fresh_run = state["run_id"] is None
+    _start_tracking(run, params, layout, tracker, target, state, ddp, setup)
+    if fresh_run:  # a resumed run saw the same inputs (the fingerprint says so) and has them logged
+        tracker.log_dataset(training_input(params, layout, inputs))
+    if not state["history"]:
+        metrics = _validate(run.model, run.val_loader, setup, run.pool, run.val_draws, progress)
+        state["history"].append({"epoch": 0, **metrics})
+        tracker.log_metrics(metrics, step=0)
+        log.info("%s epoch 0 (untrained): val MAP@R %.4f, replaced %.4f", run.mode, metrics["val_map_at_r"],
+                 metrics["val_replaced_map_at_r"])
+
+
+def _run_epochs(run: Run, params: Params, setup: DeviceSetup, ddp: Distributed, state: dict,
+                files: tuple[Path, Path, str], tracker: Tracker, target: RunTarget, progress: bool) -> bool:
+    """The epochs left after `state`'s, each trained, validated and committed (`files`: last.pt,
+    best.pt and the fingerprint); True when early stopping ended them."""
+    last_path, best_path, fingerprint = files
+    for epoch in range(state["epoch"] + 1, params.train.epochs + 1):
+        start = time.perf_counter()
+        train_loss = ddp.mean(_train_epoch(run, params, setup, ddp, epoch, progress))
+        stop = False
+        if ddp.is_main:
+            metrics = {"train_loss": train_loss,
+                       **_validate(run.model, run.val_loader, setup, run.pool, run.val_draws, progress),
+                       "lr": run.optimizer.param_groups[0]["lr"]}
+            stop = _end_epoch(run, state, epoch, metrics, time.perf_counter() - start, params.train, best_path,
+                              last_path, fingerprint, tracker, target)
+        if ddp.broadcast_flag(stop):
+            return True
+    return False
 
 
 def _start_state(run: Run, last_path: Path, best_path: Path, fingerprint: str, resume: bool,

@@ -86,42 +86,52 @@ class _Failed:
 _END = object()
 
 
-def _overlapped(loader: Iterable, to_device: Callable[..., Batch], setup: DeviceSetup) -> Iterator[Batch]:
-    ready: queue.Queue = queue.Queue(maxsize=DEPTH)
-    stop = threading.Event()
-    stream = torch.cuda.Stream(setup.device) if setup.cuda else None
+class _Ahead:
+    """The background thread of `device_batches(overlap=True)`: makes the loader's batches
+    into a queue of DEPTH, each with the event of its work on the side stream (CUDA)."""
 
-    def offer(item) -> bool:  # False once the consumer has gone
-        while not stop.is_set():
+    def __init__(self, loader: Iterable, to_device: Callable[..., Batch], setup: DeviceSetup):
+        self.ready: queue.Queue = queue.Queue(maxsize=DEPTH)
+        self.stop = threading.Event()
+        self.stream = torch.cuda.Stream(setup.device) if setup.cuda else None
+        self.thread = threading.Thread(target=self._produce, args=(loader, to_device, setup),
+                                       name="bgbias-input-ahead", daemon=True)
+        self.thread.start()
+
+    def _offer(self, item) -> bool:
+        """Queue `item`; False once the consumer has gone."""
+        while not self.stop.is_set():
             try:
-                ready.put(item, timeout=0.1)
+                self.ready.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def produce() -> None:
+    def _produce(self, loader: Iterable, to_device: Callable[..., Batch], setup: DeviceSetup) -> None:
         try:
-            with torch.no_grad(), _on(stream, setup):
+            with torch.no_grad(), _on(self.stream, setup):
                 for item in loader:
                     out = to_device(*item)
                     event = None
-                    if stream is not None:
+                    if self.stream is not None:
                         event = torch.cuda.Event()
-                        event.record(stream)
-                    if not offer((out, event)):
+                        event.record(self.stream)
+                    if not self._offer((out, event)):
                         return
-            offer(_END)
+            self._offer(_END)
         except BaseException as exc:  # handed to the consumer, raised there
-            offer(_Failed(exc))
+            self._offer(_Failed(exc))
 
-    worker = threading.Thread(target=produce, name="bgbias-train-input", daemon=True)
-    worker.start()
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+
+
+def _overlapped(loader: Iterable, to_device: Callable[..., Batch], setup: DeviceSetup) -> Iterator[Batch]:
+    ahead = _Ahead(loader, to_device, setup)
     try:
-        while True:
-            item = ready.get()
-            if item is _END:
-                return
+        while (item := ahead.ready.get()) is not _END:
             if isinstance(item, _Failed):
                 raise item.error
             out, event = item
@@ -133,8 +143,7 @@ def _overlapped(loader: Iterable, to_device: Callable[..., Batch], setup: Device
                         tensor.record_stream(current)
             yield out
     finally:
-        stop.set()
-        worker.join(timeout=60)
+        ahead.close()
 
 
 def _on(stream, setup: DeviceSetup) -> contextlib.AbstractContextManager:
