@@ -49,6 +49,8 @@ def test_masks_folder_command_takes_the_engine(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "out" / "a.png").is_file() and "1 masks written" in capsys.readouterr().out
     assert cli.main(base + ["--batch-size", "0"]) == 2
     assert "--batch-size must be >= 1" in capsys.readouterr().err
+    assert cli.main(base + ["--workers", "0"]) == 2
+    assert "--workers must be >= 1 (got 0)" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert cli.main(base + ["--backend", "torch", "--device", "cuda"]) == 2
         err = capsys.readouterr().err.strip().splitlines()

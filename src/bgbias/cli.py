@@ -72,8 +72,9 @@ def cmd_masks(args: argparse.Namespace) -> None:
     images_dir = Path(args.images_dir)
     if not images_dir.is_dir():
         raise BgbiasError(f"images folder not found: {images_dir}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise BgbiasError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    for flag, value in (("--batch-size", args.batch_size), ("--workers", args.workers)):
+        if value is not None and value < 1:
+            raise BgbiasError(f"{flag} must be >= 1 (got {value})")
     params = _params(args)[0] if not args.assets_dir or Path(args.params or "params.yaml").is_file() else None
     assets_dir = Path(args.assets_dir) if args.assets_dir else params.assets_dir
     masks_cfg = params.masks if params else MasksConfig()  # --assets-dir and no params file: the defaults
