@@ -152,7 +152,8 @@ def launch_masks(masker: TorchMasker, images: list[torch.Tensor]) -> PendingMask
     for positions, row in zip(groups, rows):
         height, width = images[positions[0]].shape[1:]
         masks = postprocess_tensor(predictions[row], (width, height))
-        host.append(masks.to("cpu", non_blocking=True) if masks.is_cuda else masks)  # pinned: cuda's caching host allocator
+        # Non-blocking to the CPU lands in pinned memory (torch's caching host allocator).
+        host.append(masks.to("cpu", non_blocking=True) if masks.is_cuda else masks)
     done = None
     if masker.device.type == "cuda":
         done = torch.cuda.Event()

@@ -29,7 +29,8 @@ SINGLE = "embedding"  # the one head of a model whose output is a tensor
 def embed_heads(model: nn.Module, loader: DataLoader, setup: DeviceSetup,
                 pool: BackgroundPool | None = None, draws: BackgroundDraw | None = None,
                 desc: str = "embed", progress: bool = True,
-                compose: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                compose: Callable[[torch.Tensor], torch.Tensor] | None = None
+                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Embeddings [N, dim] (L2-normalised) per output head, and labels [N], of the loader's
     dataset, in dataset order. A model returns a tensor (head SINGLE) or a dict of them (several
     views from one pass, e.g. the untrained references). With `pool` and `draws` (one draw per

@@ -82,7 +82,8 @@ def _write_draws(path, dataset: MaskedImageDataset, pool: BackgroundPool, draws:
 
 
 def evaluate_heads(model: torch.nn.Module, loader: DataLoader, setup: DeviceSetup, pool: BackgroundPool,
-                   draws: list[BackgroundDraw], progress: bool = True, suite: SwapSuite | None = None) -> dict[str, dict]:
+                   draws: list[BackgroundDraw], progress: bool = True,
+                   suite: SwapSuite | None = None) -> dict[str, dict]:
     """The test results of each output head of `model` (engine/evaluate.embed_heads), all
     heads from the same passes over the test images."""
     clean, labels = embed_heads(model, loader, setup, desc="test clean", progress=progress)
