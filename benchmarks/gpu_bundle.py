@@ -61,7 +61,8 @@ def main() -> None:
             "test": {"first": val + 1, "last": args.classes}}}},
         "backgrounds": {"source": "unsplash", "train_subdir": "val", "test_subdir": "test", "procedural_per_pool": 0},
         "masks": {"backend": "torch", "batch_size": 64},
-        "train": {"resize": 256, "crop": 227, "device": "cuda"},
+        # epochs: the short end-to-end training + evaluation of gpu_checks.sh (the benchmarks set their own sizes)
+        "train": {"resize": 256, "crop": 227, "device": "cuda", "epochs": 2},
     }
     (args.out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     print(f"{args.out}: {images} images of {args.classes} classes, backgrounds {args.pool[0]} + {args.pool[1]}")

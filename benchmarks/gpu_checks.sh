@@ -5,8 +5,10 @@
 #   2. benchmarks/masks_precision.py: each precision and JPEG decoder against the exact fp32
 #      reference (IoU, images/s); benchmarks/masks.py per precision:decoder in MASK_CONFIGS: masks
 #      images/s end to end and marginal, IoU against rembg's fp32 CPU masks;
-#   3. benchmarks/train_throughput.py for efficientnet_lite0 and bninception at 227 px,
-#      full step (decoding and prepared; also input only and loader only) against model-only;
+#   3. the train (both modes, PARAMS's epochs) and evaluate stages, timed; then
+#      benchmarks/train_throughput.py for efficientnet_lite0 and bninception at 227 px,
+#      full step (decoding and prepared, each inline and one batch ahead; also input only and
+#      loader only) against model-only, and the embedding rate;
 #   4. the GPU tests (pytest -m gpu).
 # Each step goes on when one before it fails; everything is printed and, with OUT set, kept
 # in $OUT/gpu_checks.log.
@@ -42,6 +44,10 @@ step() {  # one step, at most STEP_LIMIT seconds (default 150), timed
       --reference-images "$reference_images" --backend torch --device "$device" --batch-size "${MASK_BATCH:-64}" \
       --precision "${config%%:*}" --decoder "${config#*:}"
   done
+  # The stages end to end on the GPU (input one batch ahead with loader workers), timed.
+  step "${bgbias[@]}" train --mode base --no-track
+  step "${bgbias[@]}" train --mode bgaugment --no-track
+  step "${bgbias[@]}" evaluate --no-track
   for backbone in efficientnet_lite0 bninception; do
     step python3 benchmarks/train_throughput.py --params "$params" --backbone "$backbone" --crop 227 \
       --batch "${BATCH:-32}" --iterations "${ITERATIONS:-300}" --warmup "${WARMUP:-20}" --prepared
