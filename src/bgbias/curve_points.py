@@ -25,7 +25,7 @@ from bgbias.engine.retrieval import evaluate_trained
 from bgbias.engine.train import RunTarget, fit
 from bgbias.errors import BgbiasError
 from bgbias.layout import Layout, PointLayout
-from bgbias.tracking import NullTracker, Tracker
+from bgbias.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,6 @@ def correlation_point(params: Params, layout: Layout, name: str, progress: bool 
         shutil.copytree(point.synthetic / "masks", point.masks(SYNTHETIC))  # the renderer's exact masks
     else:
         stages.masks(params, point)
-    tracker = tracker or NullTracker()
     for mode in MODES:
         fit(params, point, mode, tracker, progress=progress, target=_tracked_as("bg_correlation", name, value, mode))
     return _evaluate(params, point, MODES, f"bg_correlation {value:g}", progress, tracker)
@@ -78,7 +77,6 @@ def bgaugment_point(params: Params, layout: Layout, name: str, progress: bool = 
     point = PointLayout(layout.curve_point("bgaugment_p", name), project=layout.root, own_data=False)
     _fresh(point)
     params = params.model_copy(update={"train": params.train.model_copy(update={"bgaugment_p": value})})
-    tracker = tracker or NullTracker()
     fit(params, point, "bgaugment", tracker, progress=progress,
         target=_tracked_as("bgaugment_p", name, value, "bgaugment"))
     return _evaluate(params, point, ("bgaugment",), f"bgaugment_p {value:g}", progress, tracker)
@@ -99,7 +97,7 @@ def _fresh(point: PointLayout) -> None:
 
 
 def _evaluate(params: Params, point: PointLayout, modes: tuple[str, ...], name: str, progress: bool,
-              tracker: Tracker) -> dict:
+              tracker: Tracker | None) -> dict:
     report = evaluate_trained(params, point, tracker, progress=progress, modes=modes)
     for mode in modes:
         result = report["modes"][mode]

@@ -100,13 +100,6 @@ def evaluate_heads(model: torch.nn.Module, loader: DataLoader, setup: DeviceSetu
     return results
 
 
-def evaluate_mode(model: Embedder, loader: DataLoader, setup: DeviceSetup, pool: BackgroundPool,
-                  draws: list[BackgroundDraw], progress: bool = True, suite: SwapSuite | None = None) -> dict:
-    """The test results of a model with one output."""
-    (result,) = evaluate_heads(model, loader, setup, pool, draws, progress, suite).values()
-    return result
-
-
 def evaluate_trained(params: Params, layout: Layout, tracker: Tracker | None = None, progress: bool = True,
                      modes: tuple[str, ...] = MODES) -> dict:
     """`modes`: the trainings to evaluate (a grid cell evaluates its own one)."""
@@ -127,7 +120,8 @@ def evaluate_trained(params: Params, layout: Layout, tracker: Tracker | None = N
                     "conditions": ["clean", "replaced", *suite.conditions], "worst_of_k": len(suite.worst_draws),
                     "modes": {}}
     for mode, (model, _) in trained.items():
-        report["modes"][mode] = _log_result(mode, evaluate_mode(model, loader, setup, pool, draws, progress, suite))
+        (result,) = evaluate_heads(model, loader, setup, pool, draws, progress, suite).values()  # one head
+        report["modes"][mode] = _log_result(mode, result)
     references = untrained_references(trained[modes[0]][1], params, setup.device)
     report["untrained"] = {name: _log_result(f"untrained ({name})", result) for name, result in
                            evaluate_heads(references, loader, setup, pool, draws, progress, suite).items()}

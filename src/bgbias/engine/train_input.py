@@ -49,19 +49,12 @@ class TrainInput:
             padded, sizes = batch
             batch = random_resized_crops(padded.to(self.setup.device, non_blocking=True), sizes, self.crop,
                                          self.crop_scale, self.crop_ratio, self.generator)
-        return prepare_batch(batch, labels, self.setup, self.pool, self.generator, self.p)
-
-
-def prepare_batch(batch: torch.Tensor, labels: torch.Tensor, setup: DeviceSetup, pool: BackgroundPool | None,
-                  generator: torch.Generator, p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (or float, 0-255) [B, 4, H, W] -> float images [B, 3, H, W] on the device, with
-    BGAugment (background replaced with probability p) when a pool is given."""
-    images, masks = split_batch(batch.to(setup.device, non_blocking=True))  # [B, 3, H, W], [B, 1, H, W]
-    if pool is not None:
-        draw = pool.draw(len(images), generator)
-        apply = torch.rand(len(images), generator=generator) < p
-        images = replace_backgrounds(images, masks, pool, draw, apply)
-    return images, labels.to(setup.device, non_blocking=True)
+        images, masks = split_batch(batch.to(self.setup.device, non_blocking=True))  # [B, 3, H, W], [B, 1, H, W]
+        if self.pool is not None:
+            draw = self.pool.draw(len(images), self.generator)
+            apply = torch.rand(len(images), generator=self.generator) < self.p
+            images = replace_backgrounds(images, masks, self.pool, draw, apply)
+        return images, labels.to(self.setup.device, non_blocking=True)
 
 
 Batch = tuple  # what `to_device` makes of a loader item, e.g. (images, labels) on the device
@@ -76,11 +69,6 @@ def device_batches(loader: Iterable, to_device: Callable[..., Batch], setup: Dev
             yield to_device(*item)
         return
     yield from _overlapped(loader, to_device, setup)
-
-
-class _Failed:
-    def __init__(self, error: BaseException):
-        self.error = error
 
 
 _END = object()
@@ -121,7 +109,7 @@ class _Ahead:
                         return
             self._offer(_END)
         except BaseException as exc:  # handed to the consumer, raised there
-            self._offer(_Failed(exc))
+            self._offer(exc)
 
     def close(self) -> None:
         self.stop.set()
@@ -132,8 +120,8 @@ def _overlapped(loader: Iterable, to_device: Callable[..., Batch], setup: Device
     ahead = _Ahead(loader, to_device, setup)
     try:
         while (item := ahead.ready.get()) is not _END:
-            if isinstance(item, _Failed):
-                raise item.error
+            if isinstance(item, BaseException):
+                raise item
             out, event = item
             if event is not None:  # the model's stream waits for this batch, and owns its memory from here
                 current = torch.cuda.current_stream(setup.device)
