@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bgbias.config import load_params
+from bgbias.core.config import load_params
 from bgbias.data.conditions import write_object_removed
-from bgbias.engine.retrieval import evaluate_trained, load_test_split
-from bgbias.layout import Layout, PointLayout
+from bgbias.evaluation.retrieval import evaluate_trained, load_test_split
+from bgbias.core.layout import Layout, PointLayout
 
 
 @dataclass(frozen=True)

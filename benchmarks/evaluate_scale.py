@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from bgbias.engine.evaluate import retrieval_metrics
+from bgbias.engine.embed import retrieval_metrics
 
 
 def sop_like_labels(n: int, rng: np.random.Generator) -> np.ndarray:

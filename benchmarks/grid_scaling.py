@@ -3,7 +3,7 @@ cost of the paper-scale grid estimated from per-image costs measured here.
 
 1. Scaling: the tests' tiny grid (CUB-200- and SOP-format sets of rendered photos, 1 epoch
    x 1 iteration at 32 px; `--datasets/--losses` pick its size) is prepared once, then run
-   from scratch through `bgbias.grid_ray.run_on_ray` on a local Ray cluster of N workers
+   from scratch through `bgbias.studies.grid.ray.run_on_ray` on a local Ray cluster of N workers
    (N x `cpus_per_cell` CPUs) for each N in `--workers`. Prints wall time per N, speed-up,
    and each cell's wall time from its MLflow run.
 2. Paper scale (an ESTIMATE, nothing of it run): images pushed through the network per cell
@@ -38,9 +38,9 @@ def run_scaling(workers: list[int], datasets: list[str], losses: list[str]) -> N
     import pandas as pd
     import ray
 
-    from bgbias.grid import Grid, grid_runs, prepare
-    from bgbias.grid_ray import run_on_ray
-    from bgbias.tracking import MlflowTracker
+    from bgbias.studies.grid.cells import Grid, grid_runs, prepare
+    from bgbias.studies.grid.ray import run_on_ray
+    from bgbias.tracking.mlflow import MlflowTracker
     from tests.grid_project import grid_params, make_grid_project, write_grid_params
 
     base = Path(tempfile.mkdtemp(prefix="bgbias-grid-bench-"))
@@ -85,8 +85,8 @@ def measured_seconds_per_image(crop: int, batch: int, iterations: int) -> tuple[
     """(train step, embedding) seconds per image of EfficientNet-Lite0 at `crop` px on this CPU."""
     import torch
 
-    from bgbias.config import ModelConfig
-    from bgbias.losses import create_loss
+    from bgbias.core.config import ModelConfig
+    from bgbias.losses.registry import create_loss
     from bgbias.models import create_model
 
     torch.manual_seed(0)
@@ -128,7 +128,7 @@ def paper_workload(dataset: str, epochs: int, iterations: int, batch: int, draws
 
 
 def estimate(args: argparse.Namespace) -> None:
-    from bgbias.config import load_params
+    from bgbias.core.config import load_params
 
     params = load_params(REPO / "pipelines/paper/params.yaml", base=REPO)
     t = params.train

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bgbias.data.mask_quality import iou_and_overlap
+from bgbias.masks.quality import iou_and_overlap
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def _images(source: Path | None, n: int, tmp: Path, jpeg: bool, copies: int = 1)
     flat = tmp / "images"
     flat.mkdir()
     if source is None:
-        from bgbias.config import SyntheticConfig, SyntheticClasses
+        from bgbias.core.config import SyntheticConfig, SyntheticClasses
         from bgbias.data.synthetic import generate
 
         per_class = 20

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bgbias.data.images import load_rgb
-from bgbias.data.mask_quality import iou_and_overlap
-from bgbias.data.masks import MaskJob, U2netpMasker
-from bgbias.data.masks_torch import TorchMasker, _decode_on_device, masks_on_device
+from bgbias.core.images import load_rgb
+from bgbias.masks.quality import iou_and_overlap
+from bgbias.masks.compute import MaskJob, U2netpMasker
+from bgbias.masks.torch_engine import TorchMasker, _decode_on_device, masks_on_device
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = (("fp32", "pillow"), ("fp32", "nvjpeg"), ("tf32", "nvjpeg"), ("fp16", "nvjpeg"), ("bf16", "nvjpeg"),

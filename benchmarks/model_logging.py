@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bgbias.config import load_params
+from bgbias.core.config import load_params
 from bgbias.models import initial_model
-from bgbias.tracking import MlflowTracker, load_registered_model
+from bgbias.tracking.mlflow import MlflowTracker, load_registered_model
 
 
 def main() -> None:

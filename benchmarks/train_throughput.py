@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from bgbias.config import load_params
+from bgbias.core.config import load_params
 from bgbias.data.bgaugment import BackgroundPool
 from bgbias.data.datasets import DatasetIndex
 from bgbias.data.image_dataset import MaskedImageDataset
@@ -35,9 +35,9 @@ from bgbias.data.transforms import train_transform
 from bgbias.engine.device import device_setup
 from bgbias.engine.train import TrainStep, optimise
 from bgbias.engine.train_input import TrainInput, device_batches
-from bgbias.layout import Layout
-from bgbias.losses import create_loss
-from bgbias.loss_params import resolve
+from bgbias.core.layout import Layout
+from bgbias.losses.registry import create_loss
+from bgbias.core.loss_params import resolve
 from bgbias.models import Embedder, create_model
 from bgbias.models.backbones import Backbone, BNInceptionInput
 

@@ -14,8 +14,8 @@ import yaml
 from PIL import Image
 
 from bgbias import stages
-from bgbias.config import load_params
-from bgbias.layout import Layout
+from bgbias.core.config import load_params
+from bgbias.core.layout import Layout
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "data" / "assets"

@@ -12,7 +12,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from bgbias.config import SyntheticConfig
+from bgbias.core.config import SyntheticConfig
 from bgbias.data.synthetic import generate
 from tests.conftest import ASSETS, REPO
 

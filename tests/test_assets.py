@@ -1,7 +1,7 @@
 import pytest
 
-from bgbias.assets import ASSETS, asset_path, sha256_of
-from bgbias.errors import BgbiasError
+from bgbias.core.assets import ASSETS, asset_path, sha256_of
+from bgbias.core.errors import BgbiasError
 
 
 def test_missing_asset_says_what_to_run(tmp_path):

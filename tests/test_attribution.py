@@ -10,12 +10,12 @@ import torch
 from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
 from torch import nn
 
-from bgbias.attribution import (DistanceToBlack, attention_score, noisy_copies, normalise, saliency_maps,
+from bgbias.attribution.saliency import (DistanceToBlack, attention_score, noisy_copies, normalise, saliency_maps,
                                 smoothgrad_saliency)
-from bgbias.config import load_params
-from bgbias.engine.attribute import attribute_trained
+from bgbias.core.config import load_params
+from bgbias.attribution.stage import attribute_trained
 from bgbias.engine.train import fit
-from bgbias.layout import Layout
+from bgbias.core.layout import Layout
 from tests.conftest import write_params
 
 

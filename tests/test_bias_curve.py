@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from bgbias.config import load_params
-from bgbias.curve_points import bgaugment_point, correlation_point
-from bgbias.curve_report import write_curves
-from bgbias.errors import BgbiasError
-from bgbias.layout import Layout
+from bgbias.core.config import load_params
+from bgbias.studies.bias_curve.points import bgaugment_point, correlation_point
+from bgbias.studies.bias_curve.report import write_curves
+from bgbias.core.errors import BgbiasError
+from bgbias.core.layout import Layout
 from tests.conftest import write_params
 
 
@@ -81,7 +81,7 @@ def test_a_point_value_that_is_no_probability_is_refused(tmp_path, point, value)
 
 
 def test_a_point_is_tracked_in_the_bias_curve_experiment(tiny_project):
-    from bgbias.tracking import MlflowTracker
+    from bgbias.tracking.mlflow import MlflowTracker
 
     params = load_params(write_params(tiny_project, {
         "train": {"epochs": 1, "iterations_per_epoch": 1},

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bgbias.config import LOSSES, load_params, parse_params
-from bgbias.errors import BgbiasError
+from bgbias.core.config import LOSSES, load_params, parse_params
+from bgbias.core.errors import BgbiasError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def test_missing_and_invalid_files(tmp_path):
 
 
 def test_params_yaml_spells_out_the_papers_splits():
-    from bgbias.config import PAPER_SPLITS
+    from bgbias.core.config import PAPER_SPLITS
 
     params = load_params(REPO / "params.yaml")
     for name, split in PAPER_SPLITS.items():

@@ -33,10 +33,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from bgbias import cli, config
-from bgbias.config import Section, SyntheticConfig
+from bgbias import cli
+from bgbias.core import config
+from bgbias.core.config import Section, SyntheticConfig
 from bgbias.data.synthetic import generate
-from bgbias.tracking import NullTracker
+from bgbias.tracking.mlflow import NullTracker
 from tests.conftest import ASSETS, REPO
 
 # ---- params reads -----------------------------------------------------------------------

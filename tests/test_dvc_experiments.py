@@ -63,7 +63,7 @@ def test_exp_run_with_another_loss_retrains_only_the_training(tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    from bgbias.tracking import tracking_uri
+    from bgbias.tracking.mlflow import tracking_uri
 
     client = MlflowClient(tracking_uri(repo))  # each training registered its model under its loss
     for loss in ("multi_similarity", "contrastive"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from bgbias import cli
-from bgbias.environment import PACKAGES, cpu_model, describe_environment
+from bgbias.core.environment import PACKAGES, cpu_model, describe_environment
 from tests.conftest import write_params
 
 METRICS = {"dataset": "synthetic", "loss": "triplet", "test_images": 4, "test_classes": 2, "replaced_draws": 1,

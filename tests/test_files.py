@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from bgbias.files import TEMP_SUFFIX, atomic_write, remove_stale_temps, save_image, write_json
+from bgbias.core.files import TEMP_SUFFIX, atomic_write, remove_stale_temps, save_image, write_json
 
 
 def test_failed_write_keeps_old_content_and_no_temp(tmp_path):

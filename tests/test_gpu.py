@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from bgbias.config import MasksConfig
+from bgbias.core.config import MasksConfig
 from bgbias.data.device_crops import random_resized_crops
-from bgbias.data.mask_quality import iou_and_overlap
-from bgbias.data.masks import MaskJob, U2netpMasker
-from bgbias.data.masks_torch import TorchMasker, masks_on_device, run_batched
-from bgbias.data.resample import resize_lanczos
+from bgbias.masks.quality import iou_and_overlap
+from bgbias.masks.compute import MaskJob, U2netpMasker
+from bgbias.masks.torch_engine import TorchMasker, masks_on_device, run_batched
+from bgbias.masks.resample import resize_lanczos
 from tests.conftest import object_image
 
 pytestmark = [pytest.mark.gpu,
@@ -104,7 +104,7 @@ def test_training_input_ahead_on_a_side_stream_equals_inline():
 def test_embedding_passes_on_cuda_with_the_input_ahead_equal_the_inline_ones():
     from bgbias.data.bgaugment import BackgroundPool
     from bgbias.engine.device import DeviceSetup
-    from bgbias.engine.evaluate import embed_heads
+    from bgbias.engine.embed import embed_heads
 
     rng = torch.Generator().manual_seed(0)
     pool = BackgroundPool(torch.rand(3, 3, 16, 16, generator=rng).cuda())

@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from bgbias import cli
-from bgbias.errors import BgbiasError
-from bgbias.grid import Fingerprint, Grid, cell_status, dataset_inputs, fingerprint, grid_runs, statuses
-from bgbias.grid_report import TABLE1_VALUES, cell_results, pivot, table1_markdown
-from bgbias.tracking import MlflowTracker
+from bgbias.core.errors import BgbiasError
+from bgbias.studies.grid.cells import Fingerprint, Grid, cell_status, dataset_inputs, fingerprint, grid_runs, statuses
+from bgbias.studies.grid.report import TABLE1_VALUES, cell_results, pivot, table1_markdown
+from bgbias.tracking.mlflow import MlflowTracker
 from tests.grid_project import grid_params, write_grid_params
 
 

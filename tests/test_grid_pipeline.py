@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from bgbias import cli
-from bgbias.grid import Grid
+from bgbias.studies.grid.cells import Grid
 from tests.conftest import ASSETS
 from tests.grid_project import make_grid_project
 
@@ -61,7 +61,7 @@ def _kill_first_training(root: Path, killed: list[int], stop: threading.Event) -
 
 def test_tiny_grid_through_dvc_and_ray_gives_one_report(tmp_path, monkeypatch, offline_assets):
     ray = pytest.importorskip("ray", reason="Ray not installed (pip install -e '.[cluster]')")
-    from bgbias.grid_ray import run_on_ray
+    from bgbias.studies.grid.ray import run_on_ray
 
     with_dvc = make_grid_project(tmp_path / "dvc")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 from bgbias import stages
-from bgbias.config import load_params
-from bgbias.layout import Layout
+from bgbias.core.config import load_params
+from bgbias.core.layout import Layout
 from tests.conftest import make_image, write_params
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bgbias import loss_params
-from bgbias.errors import BgbiasError
-from bgbias.losses import LOSS_BUILDERS, create_loss
+from bgbias.core import loss_params
+from bgbias.core.errors import BgbiasError
+from bgbias.losses.registry import LOSS_BUILDERS, create_loss
 
 
 def _toy(seed=0):

@@ -5,8 +5,8 @@ import json
 from PIL import Image
 
 from bgbias import stages
-from bgbias.config import load_params
-from bgbias.layout import Layout
+from bgbias.core.config import load_params
+from bgbias.core.layout import Layout
 from tests.conftest import write_params
 
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from bgbias.data.datasets import DatasetIndex, Sample
-from bgbias.errors import BgbiasError
-from bgbias.query import GREY, contact_sheet, embed_images, nearest, run_query, split_embeddings
+from bgbias.core.errors import BgbiasError
+from bgbias.reporting.query import GREY, contact_sheet, embed_images, nearest, run_query, split_embeddings
 
 
 class MeanColour:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from bgbias.cli import main
-from bgbias.report import seeds_table, table1, write_seeds_report
+from bgbias.reporting.results import seeds_table, table1, write_seeds_report
 
 
 def _result(clean: float, replaced: float, p1: float = 0.5) -> dict:
@@ -47,7 +47,7 @@ def test_seeds_table_is_mean_and_population_std_over_runs(tmp_path, capsys):
 
 
 def test_conditions_table_rows_and_cells():
-    from bgbias.report import conditions_table, results_markdown
+    from bgbias.reporting.results import conditions_table, results_markdown
 
     metrics = _metrics(0.30, 0.25)
     drawn = {"mean": 0.2, "std": 0.01, "draws": 3}

@@ -22,15 +22,15 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from bgbias import cli
-from bgbias.config import load_params
-from bgbias.data.images import load_rgb
-from bgbias.engine.evaluate import embed
-from bgbias.engine.retrieval import load_test_split, load_trained
+from bgbias.core.config import load_params
+from bgbias.core.images import load_rgb
+from bgbias.engine.embed import embed
+from bgbias.evaluation.retrieval import load_test_split, load_trained
 from bgbias.engine.train import fit
-from bgbias.inputs import training_inputs
-from bgbias.layout import Layout
-from bgbias.served_model import REQUIREMENTS
-from bgbias.tracking import MlflowTracker, load_registered_model, tracking_uri
+from bgbias.data.inputs import training_inputs
+from bgbias.core.layout import Layout
+from bgbias.tracking.served_model import REQUIREMENTS
+from bgbias.tracking.mlflow import MlflowTracker, load_registered_model, tracking_uri
 from tests.conftest import write_params
 
 NAME = "bgbias-synthetic-multi_similarity"
@@ -95,7 +95,7 @@ def test_a_retried_registration_adds_no_second_version(registered):
     # model operation is sent again, with the same logged model; no version 2 appears.
     from mlflow.tracking import MlflowClient
 
-    from bgbias.tracking import _global_tracking_uri
+    from bgbias.tracking.mlflow import _global_tracking_uri
 
     uri = tracking_uri(registered)
     version = MlflowClient(uri).get_model_version_by_alias(NAME, "base")
@@ -129,8 +129,8 @@ def test_evaluation_logs_its_test_split_as_an_input(registered, tmp_path):
     # pools by content (a dataset of its own, "<dataset>-test", context "evaluation").
     from mlflow.tracking import MlflowClient
 
-    from bgbias.engine.retrieval import evaluate_trained
-    from bgbias.inputs import data_inputs
+    from bgbias.evaluation.retrieval import evaluate_trained
+    from bgbias.data.inputs import data_inputs
 
     root = tmp_path / "project"
     shutil.copytree(registered, root)  # the training's run and store too; the shared one stays as it is

@@ -13,16 +13,16 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from bgbias.config import load_params
+from bgbias.core.config import load_params
 from bgbias.data.datasets import DatasetIndex
 from bgbias.data.image_dataset import MaskedImageDataset
-from bgbias.data.images import load_rgb
+from bgbias.core.images import load_rgb
 from bgbias.data.transforms import eval_transform
 from bgbias.engine.device import device_setup
-from bgbias.engine.evaluate import embed
-from bgbias.layout import Layout
+from bgbias.engine.embed import embed
+from bgbias.core.layout import Layout
 from bgbias.models import initial_model
-from bgbias.served_model import REQUIREMENTS, ServedEmbedder, write_model_data
+from bgbias.tracking.served_model import REQUIREMENTS, ServedEmbedder, write_model_data
 from tests.conftest import REPO, write_params
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bgbias.config import load_params
+from bgbias.core.config import load_params
 from bgbias.engine.train import fit
-from bgbias.layout import Layout
-from bgbias.tracking import MlflowTracker, flatten, project_store, tracking_uri
+from bgbias.core.layout import Layout
+from bgbias.tracking.mlflow import MlflowTracker, flatten, project_store, tracking_uri
 from tests.conftest import write_params
 
 

@@ -7,10 +7,10 @@ import re
 import pytest
 import yaml
 
-from bgbias.config import load_params
-from bgbias.errors import BgbiasError
-from bgbias.layout import Layout
-from bgbias.tuned import read_tuned
+from bgbias.core.config import load_params
+from bgbias.core.errors import BgbiasError
+from bgbias.core.layout import Layout
+from bgbias.losses.tuned import read_tuned
 from tests.conftest import write_params
 
 

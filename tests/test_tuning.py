@@ -16,12 +16,13 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from bgbias import cli, tuning
-from bgbias.config import load_params
+from bgbias import cli
+from bgbias.studies import tuning
+from bgbias.core.config import load_params
 from bgbias.engine.train import fit as real_fit
-from bgbias.errors import BgbiasError
-from bgbias.layout import Layout
-from bgbias.tracking import MlflowTracker, NullTracker, tracking_uri
+from bgbias.core.errors import BgbiasError
+from bgbias.core.layout import Layout
+from bgbias.tracking.mlflow import MlflowTracker, NullTracker, tracking_uri
 from tests.conftest import write_params
 
 TUNE = {"train": {"iterations_per_epoch": 1}, "tune": {"n_trials": 3, "epochs": 2, "pruner": "none"}}
@@ -243,7 +244,7 @@ def test_a_killed_worker_makes_the_command_fail_with_one_line(tiny_project, monk
 
 
 def test_search_spaces_cover_the_papers_values():
-    from bgbias.loss_params import PAPER
+    from bgbias.core.loss_params import PAPER
 
     for per_loss in PAPER.values():
         for loss, values in per_loss.items():

@@ -10,12 +10,12 @@ import os
 import sys
 from pathlib import Path
 
-from bgbias.errors import BgbiasError
+from bgbias.core.errors import BgbiasError
 
 
 def _params(args: argparse.Namespace):
-    from bgbias.config import load_params
-    from bgbias.layout import Layout
+    from bgbias.core.config import load_params
+    from bgbias.core.layout import Layout
 
     path = args.params or "params.yaml"
     params = load_params(path)
@@ -32,7 +32,7 @@ def _seed(text: str) -> int:
 
 
 def cmd_assets(args: argparse.Namespace) -> None:
-    from bgbias.assets import fetch_assets
+    from bgbias.core.assets import fetch_assets
 
     assets_dir = Path(args.dir) if args.dir else _params(args)[0].assets_dir
     for path in fetch_assets(assets_dir):
@@ -65,9 +65,9 @@ def cmd_masks(args: argparse.Namespace) -> None:
         return _stage("masks")(args)
     if args.out_dir is None:
         raise BgbiasError("usage: bgbias masks IMAGES_DIR OUT_DIR (or no arguments to run the pipeline stage)")
-    from bgbias.assets import asset_path
-    from bgbias.config import MasksConfig
-    from bgbias.data.masks import MODEL_NAME, compute_masks, folder_jobs
+    from bgbias.core.assets import asset_path
+    from bgbias.core.config import MasksConfig
+    from bgbias.masks.compute import MODEL_NAME, compute_masks, folder_jobs
 
     images_dir = Path(args.images_dir)
     if not images_dir.is_dir():
@@ -99,8 +99,8 @@ def cmd_mask_quality(args: argparse.Namespace) -> None:
         return _stage("mask_quality")(args)
     if args.gt_dir is None:
         raise BgbiasError("usage: bgbias mask-quality PRED_DIR GT_DIR (or no arguments to run the pipeline stage)")
-    from bgbias.data.mask_quality import evaluate_masks
-    from bgbias.files import write_json
+    from bgbias.masks.quality import evaluate_masks
+    from bgbias.core.files import write_json
 
     if args.out and Path(args.out).is_dir():  # before the work: it would end in IsADirectoryError
         raise BgbiasError(f"--out {args.out} is a folder: name the JSON file to write")
@@ -112,14 +112,14 @@ def cmd_mask_quality(args: argparse.Namespace) -> None:
 
 def _tracker(args: argparse.Namespace, layout, params, check: bool = True):
     """`check`: a tracking server that does not answer is a one-line error now."""
-    from bgbias.tracking import MlflowTracker, NullTracker
+    from bgbias.tracking.mlflow import MlflowTracker, NullTracker
 
     return NullTracker() if args.no_track else MlflowTracker.for_project(layout.root, params.tracking.uri, check)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from bgbias.engine.train import fit
-    from bgbias.process_guard import hold_folder
+    from bgbias.core.process_guard import hold_folder
 
     params, layout = _params(args)
     writer = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the folder
@@ -130,21 +130,21 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from bgbias.engine.retrieval import evaluate_trained
+    from bgbias.evaluation.retrieval import evaluate_trained
 
     params, layout = _params(args)
     evaluate_trained(params, layout, _tracker(args, layout, params))
 
 
 def cmd_attribute(args: argparse.Namespace) -> None:
-    from bgbias.engine.attribute import attribute_trained
+    from bgbias.attribution.stage import attribute_trained
 
     params, layout = _params(args)
     attribute_trained(params, layout, _tracker(args, layout, params))
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from bgbias.tuning import list_studies, run_worker, tune
+    from bgbias.studies.tuning import list_studies, run_worker, tune
 
     params, layout = _params(args)
     if args.workers is not None and args.workers < 1:  # (-1 used to create the study, then fail)
@@ -159,7 +159,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
         params = params.model_copy(update={"loss": args.loss})
 
     if params.tune.storage:
-        from bgbias.services import require
+        from bgbias.tracking.services import require
 
         require(params.tune.storage, "tune.storage")
     _tracker(args, layout, params)  # checks the server and sends what earlier commands kept
@@ -176,10 +176,10 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from bgbias.config import MODES
-    from bgbias.engine.retrieval import attach_training_run
-    from bgbias.environment import describe_environment
-    from bgbias.report import write_report
+    from bgbias.core.config import MODES
+    from bgbias.evaluation.retrieval import attach_training_run
+    from bgbias.core.environment import describe_environment
+    from bgbias.reporting.results import write_report
 
     params, layout = _params(args)
     if not layout.metrics_report.is_file():
@@ -200,7 +200,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_curve_point(args: argparse.Namespace) -> None:
-    from bgbias.curve_points import bgaugment_point, correlation_point
+    from bgbias.studies.bias_curve.points import bgaugment_point, correlation_point
 
     params, layout = _params(args)
     run = correlation_point if args.curve == "bg_correlation" else bgaugment_point
@@ -208,7 +208,7 @@ def cmd_curve_point(args: argparse.Namespace) -> None:
 
 
 def cmd_bias_curve(args: argparse.Namespace) -> None:
-    from bgbias.curve_report import write_curves
+    from bgbias.studies.bias_curve.report import write_curves
 
     rows = write_curves(*_params(args))
     for curve, points in rows.items():
@@ -217,8 +217,8 @@ def cmd_bias_curve(args: argparse.Namespace) -> None:
 
 def cmd_query(args: argparse.Namespace) -> None:
     from bgbias.data.datasets import DatasetIndex
-    from bgbias.query import check_sheet_path, contact_sheet, format_results, run_query
-    from bgbias.tracking import load_registered_model, tracking_uri
+    from bgbias.reporting.query import check_sheet_path, contact_sheet, format_results, run_query
+    from bgbias.tracking.mlflow import load_registered_model, tracking_uri
 
     params, layout = _params(args)
     missing = [p for p in args.images if not Path(p).is_file()]
@@ -235,7 +235,7 @@ def cmd_query(args: argparse.Namespace) -> None:
 
 
 def cmd_seeds_table(args: argparse.Namespace) -> None:
-    from bgbias.report import seeds_table
+    from bgbias.reporting.results import seeds_table
 
     runs = []
     for name in args.metrics:
@@ -251,9 +251,9 @@ def cmd_seeds_table(args: argparse.Namespace) -> None:
 
 
 def cmd_seeds_report(args: argparse.Namespace) -> None:
-    from bgbias.config import MODES
-    from bgbias.environment import describe_environment
-    from bgbias.report import write_seeds_report
+    from bgbias.core.config import MODES
+    from bgbias.core.environment import describe_environment
+    from bgbias.reporting.results import write_seeds_report
 
     params, layout = _params(args)
     runs = {}
@@ -271,8 +271,8 @@ def cmd_seeds_report(args: argparse.Namespace) -> None:
 
 
 def cmd_sync(args: argparse.Namespace) -> None:
-    from bgbias.services import require
-    from bgbias.tracking import UNSENT, project_store, send_unsent
+    from bgbias.tracking.services import require
+    from bgbias.tracking.mlflow import UNSENT, project_store, send_unsent
 
     params, layout = _params(args)
     uri = params.tracking.uri
@@ -290,7 +290,7 @@ def cmd_server(args: argparse.Namespace) -> None:
     import signal
     import threading
 
-    from bgbias.local_services import LocalPostgres, MlflowServer
+    from bgbias.tracking.local_services import LocalPostgres, MlflowServer
 
     params, layout = _params(args)
     root = Path(args.dir) if args.dir else layout.outputs / "server"
@@ -318,7 +318,7 @@ def cmd_server(args: argparse.Namespace) -> None:
 
 def cmd_grid(args: argparse.Namespace) -> None:
     """The paper's grid (pipelines/paper/): list, prepare, run cells (here or on Ray), report."""
-    from bgbias.grid import PARAMS_FILE, Grid
+    from bgbias.studies.grid.cells import PARAMS_FILE, Grid
 
     params_path = Path(args.params or PARAMS_FILE)
     grid = Grid.load(params_path)
@@ -328,12 +328,12 @@ def cmd_grid(args: argparse.Namespace) -> None:
         return _tracker(args, layout, grid.params, check=False)
 
     if args.action == "prepare":
-        from bgbias.grid import prepare_step
+        from bgbias.studies.grid.cells import prepare_step
 
         return prepare_step(grid, args.step, args.dataset)
     if args.step:  # one DVC stage of one cell: named, so the stage reads no other cell's params
-        from bgbias.grid import STEPS
-        from bgbias.grid_run import run_cell
+        from bgbias.studies.grid.cells import STEPS
+        from bgbias.studies.grid.run import run_cell
 
         if args.action != "run" or args.step not in STEPS or len(args.cell or ()) != 1:
             raise BgbiasError(f"grid run {args.step}: a step ({', '.join(STEPS)}) of one cell, named with --cell")
@@ -344,7 +344,7 @@ def cmd_grid(args: argparse.Namespace) -> None:
     if args.action == "list":
         return _grid_list(grid, cells, _tracker(args, layout, grid.params))
     if args.action == "report":
-        from bgbias.grid_report import write_grid_report
+        from bgbias.studies.grid.report import write_grid_report
 
         print(write_grid_report(grid, cells, _tracker(args, layout, grid.params)).read_text())
         return None
@@ -354,11 +354,11 @@ def cmd_grid(args: argparse.Namespace) -> None:
 
 def _grid_run(args: argparse.Namespace, grid, params_path: Path, cells, new_tracker) -> None:
     if args.ray:
-        from bgbias.grid_ray import run_on_ray
+        from bgbias.studies.grid.ray import run_on_ray
 
         outcome = run_on_ray(grid, params_path, cells, None if args.ray == "local" else args.ray)
     else:
-        from bgbias.grid_run import run_local
+        from bgbias.studies.grid.run import run_local
 
         outcome = run_local(grid, cells, new_tracker)
     failed = [c for c, o in outcome.items() if o.startswith("failed")]
@@ -379,7 +379,7 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 
 
 def _grid_list(grid, cells, tracker) -> None:
-    from bgbias.grid import STATUSES, grid_runs, statuses
+    from bgbias.studies.grid.cells import STATUSES, grid_runs, statuses
 
     rows = statuses(grid, cells, grid_runs(tracker))
     width = max(len(r["cell"]) for r in rows)
@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if os.environ.get("DVC_STAGE"):  # run by `dvc repro` / `dvc exp run`: stop when DVC is killed
-        from bgbias.process_guard import die_with_parent
+        from bgbias.core.process_guard import die_with_parent
 
         die_with_parent()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")

@@ -7,18 +7,18 @@ import shutil
 import time
 from pathlib import Path
 
-from bgbias.assets import asset_path, sha256_of
-from bgbias.config import Params
+from bgbias.core.assets import asset_path, sha256_of
+from bgbias.core.config import Params
 from bgbias.data.backgrounds import build_pools
 from bgbias.data.datasets import DatasetIndex, build_index
-from bgbias.data.mask_quality import evaluate_masks
-from bgbias.data.masks import EXACT, MODEL_NAME, MaskJob, check_folders, check_jobs, compute_masks, mask_path_for
+from bgbias.masks.quality import evaluate_masks
+from bgbias.masks.compute import EXACT, MODEL_NAME, MaskJob, check_folders, check_jobs, compute_masks, mask_path_for
 from bgbias.data.synthetic import generate
-from bgbias.errors import BgbiasError
-from bgbias.files import refuse_linked, write_json
-from bgbias.inputs import write_manifests
-from bgbias.layout import Layout
-from bgbias.process_guard import hold_folder
+from bgbias.core.errors import BgbiasError
+from bgbias.core.files import refuse_linked, write_json
+from bgbias.data.inputs import write_manifests
+from bgbias.core.layout import Layout
+from bgbias.core.process_guard import hold_folder
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@ import hashlib
 import pytest
 from PIL import Image
 
-from bgbias.config import BackgroundsConfig
+from bgbias.core.config import BackgroundsConfig
 from bgbias.data.backgrounds import build_pools
-from bgbias.errors import BgbiasError
+from bgbias.core.errors import BgbiasError
 from tests.conftest import make_image
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from bgbias.data.conditions import object_region, only_fg, partners, remove_object
-from bgbias.engine.seeds import Stream, stream_rng
-from bgbias.errors import BgbiasError
+from bgbias.core.seeds import Stream, stream_rng
+from bgbias.core.errors import BgbiasError
 
 
 def test_object_region_is_the_mask_above_half_grown_by_two_pixels():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-from bgbias.config import ClassRange, ClassSplit, DatasetConfig, IndexConfig
+from bgbias.core.config import ClassRange, ClassSplit, DatasetConfig, IndexConfig
 from bgbias.data.datasets import DatasetIndex, build_index
-from bgbias.errors import BgbiasError
+from bgbias.core.errors import BgbiasError
 from tests.conftest import make_image
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from bgbias.data.images import load_rgb
+from bgbias.core.images import load_rgb
 
 
 def test_modes_become_rgb(tmp_path):

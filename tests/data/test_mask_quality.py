@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgbias.data.mask_quality import evaluate_masks, iou_and_overlap
-from bgbias.errors import BgbiasError
+from bgbias.masks.quality import evaluate_masks, iou_and_overlap
+from bgbias.core.errors import BgbiasError
 
 
 def test_iou_and_overlap_by_hand():

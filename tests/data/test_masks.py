@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bgbias.data.masks import SOURCE_HASHES, MaskJob, U2netpMasker, compute_masks, folder_jobs
+from bgbias.masks.compute import SOURCE_HASHES, MaskJob, U2netpMasker, compute_masks, folder_jobs
 from tests.conftest import object_image
 
 
@@ -167,8 +167,8 @@ def _doc_string_appended(model: Path, out: Path) -> Path:
 def test_another_model_file_redoes_every_mask(tmp_path, assets_dir):
     import json
 
-    from bgbias.assets import sha256_of
-    from bgbias.data.masks import LEGACY_MODEL_SHA256, SOURCE_HASHES
+    from bgbias.core.assets import sha256_of
+    from bgbias.masks.compute import LEGACY_MODEL_SHA256, SOURCE_HASHES
 
     object_image(tmp_path / "in" / "0.png", size=40)
     jobs = folder_jobs(tmp_path / "in", tmp_path / "out")
@@ -196,8 +196,8 @@ def test_masks_made_with_other_numerics_are_redone(tmp_path, assets_dir):
     # as it always was (no numerics field), so existing folders stay valid.
     import json
 
-    from bgbias.assets import sha256_of
-    from bgbias.data.masks import EXACT, SOURCE_HASHES, SourceRecord, drop_stale_masks, mask_numerics
+    from bgbias.core.assets import sha256_of
+    from bgbias.masks.compute import EXACT, SOURCE_HASHES, SourceRecord, drop_stale_masks, mask_numerics
 
     assert mask_numerics(("onnxruntime", "cpu"), "fp16", "nvjpeg") == EXACT
     assert mask_numerics(("torch", "cpu"), "fp16", "nvjpeg") == EXACT  # the CPU always runs fp32 on Pillow's pixels

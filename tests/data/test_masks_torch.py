@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from bgbias.data.masks import (SOURCE_HASHES, MaskJob, U2netpMasker, compute_masks, folder_jobs, postprocess,
+from bgbias.masks.compute import (SOURCE_HASHES, MaskJob, U2netpMasker, compute_masks, folder_jobs, postprocess,
                                preprocess, resolve_engine)
-from bgbias.data import masks_torch
-from bgbias.data.mask_quality import iou_and_overlap
-from bgbias.data.masks_torch import TorchMasker, masks_on_device, postprocess_tensor, preprocess_tensor, run_batched
-from bgbias.errors import BgbiasError
+from bgbias.masks import torch_engine as masks_torch
+from bgbias.masks.quality import iou_and_overlap
+from bgbias.masks.torch_engine import TorchMasker, masks_on_device, postprocess_tensor, preprocess_tensor, run_batched
+from bgbias.core.errors import BgbiasError
 from tests.conftest import REPO, object_image
 
 

@@ -12,13 +12,13 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from bgbias.config import TrainConfig
+from bgbias.core.config import TrainConfig
 from bgbias.data.datasets import DatasetIndex, Sample
 from bgbias.data.device_crops import resized_crops
 from bgbias.data.image_dataset import MaskedImageDataset
 from bgbias.data.prepared import MANIFEST, open_split, pad_collate, prepare, write_disabled
 from bgbias.data.transforms import eval_transform
-from bgbias.errors import BgbiasError
+from bgbias.core.errors import BgbiasError
 
 SIZES = {"train": [(64, 80), (96, 64), (120, 96)], "val": [(70, 52), (36, 90)]}  # (W, H); train: 2x, 2x, 3x of 32
 

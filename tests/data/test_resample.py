@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bgbias.data.resample import coefficients, resize_lanczos
+from bgbias.masks.resample import coefficients, resize_lanczos
 
 # Up and down (by up to 3x), odd sizes, one side unchanged, degenerate 1 px inputs.
 CASES = [((96, 96), (120, 120)), ((150, 113), (40, 40)), ((40, 40), (150, 113)), ((11, 301), (40, 40)),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bgbias.data.sampler import MPerClassBatchSampler
-from bgbias.errors import BgbiasError
+from bgbias.core.errors import BgbiasError
 
 LABELS = np.repeat(np.arange(6), [5, 5, 5, 5, 5, 2])  # class 5 has fewer than m images
 

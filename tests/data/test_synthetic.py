@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgbias.config import SyntheticClasses, SyntheticConfig
+from bgbias.core.config import SyntheticClasses, SyntheticConfig
 from bgbias.data.synthetic import SUPERSAMPLE, class_specs, generate, home_background, render_image, shape_inside
 
 TINY = SyntheticConfig(classes=SyntheticClasses(train=3, val=2, test=2), images_per_class=3, image_size=32, workers=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchvision import tv_tensors
 
-from bgbias.config import TrainConfig
+from bgbias.core.config import TrainConfig
 from bgbias.data.transforms import eval_transform, split_batch, train_transform
 
 

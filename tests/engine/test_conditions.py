@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from bgbias.config import load_params
+from bgbias.core.config import load_params
 from bgbias.data.bgaugment import composite
 from bgbias.data.conditions import object_region
-from bgbias.engine.conditions import build_suite
-from bgbias.engine.evaluate import average_precision_at_r, retrieval_metrics
-from bgbias.engine.retrieval import load_test_split
-from bgbias.layout import Layout
+from bgbias.evaluation.conditions import build_suite
+from bgbias.engine.embed import average_precision_at_r, retrieval_metrics
+from bgbias.evaluation.retrieval import load_test_split
+from bgbias.core.layout import Layout
 from tests.conftest import write_params
 
 
@@ -93,7 +93,7 @@ def test_swap_views_compose_the_right_pixels(tiny_project):
 
 
 def test_mlflow_names_of_the_conditions_are_the_same_for_every_model():
-    from bgbias.engine.retrieval import flat_test_metrics
+    from bgbias.evaluation.retrieval import flat_test_metrics
 
     metric = {"map_at_r": 0.5, "precision_at_1": 0.6, "r_precision": 0.4}
     drawn = {k: {"mean": v, "std": 0.1, "draws": 2} for k, v in metric.items()}

@@ -10,17 +10,17 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from bgbias.config import load_params
+from bgbias.core.config import load_params
 from bgbias.data.bgaugment import BackgroundPool, replace_backgrounds
 from bgbias.data.datasets import DatasetIndex
 from bgbias.data.image_dataset import MaskedImageDataset
 from bgbias.data.transforms import eval_transform, split_batch
-from bgbias.engine.evaluate import embed, retrieval_metrics, summarize_draws
-from bgbias.engine.retrieval import background_draws, evaluate_trained, load_test_split
+from bgbias.engine.embed import embed, retrieval_metrics, summarize_draws
+from bgbias.evaluation.retrieval import background_draws, evaluate_trained, load_test_split
 from bgbias.engine.train import fit
-from bgbias.layout import Layout
+from bgbias.core.layout import Layout
 from bgbias.models import initial_model
-from bgbias.report import relative_drop, write_report
+from bgbias.reporting.results import relative_drop, write_report
 from tests.conftest import write_params
 
 

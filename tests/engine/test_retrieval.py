@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from bgbias import stages
-from bgbias.config import parse_params
-from bgbias.engine.attribute import attribute_trained
-from bgbias.engine.retrieval import evaluate_trained
-from bgbias.errors import BgbiasError
-from bgbias.layout import Layout
+from bgbias.core.config import parse_params
+from bgbias.attribution.stage import attribute_trained
+from bgbias.evaluation.retrieval import evaluate_trained
+from bgbias.core.errors import BgbiasError
+from bgbias.core.layout import Layout
 from tests.conftest import ASSETS
 from tests.reliability.conftest import snapshot
 from tests.reliability.formats import SPLIT, csv_dataset

@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from bgbias.engine.seeds import Stream, derived_seed, seed_sequence, stream_rng
+from bgbias.core.seeds import Stream, derived_seed, seed_sequence, stream_rng
 
 SEEDS = (0, 1, 2, 7)
 # Index tuples as the streams use them, with the zero-heavy cases that used to collide.

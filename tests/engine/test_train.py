@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from bgbias import stages
-from bgbias.config import load_params
+from bgbias.core.config import load_params
 from bgbias.engine.train import fit
-from bgbias.errors import BgbiasError
-from bgbias.layout import Layout
+from bgbias.core.errors import BgbiasError
+from bgbias.core.layout import Layout
 from bgbias.models import initial_model
-from bgbias.report import training_check
+from bgbias.reporting.results import training_check
 from tests.conftest import write_params
 
 
@@ -184,7 +184,7 @@ def test_a_kill_before_any_write_then_resume_equals_the_uninterrupted_run(tiny_p
 
 
 def test_best_checkpoint_commit_is_finished_or_dropped_on_resume(tmp_path):
-    from bgbias.engine.checkpoint import recover_best, save_checkpoint, save_epoch
+    from bgbias.models.checkpoint import recover_best, save_checkpoint, save_epoch
 
     last, best = tmp_path / "last.pt", tmp_path / "best.pt"
     save_epoch(last, {"epoch": 1, "best_epoch": 1}, best, {"epoch": 1, "w": torch.ones(2)})

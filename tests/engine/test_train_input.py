@@ -9,13 +9,13 @@ import threading
 import pytest
 import torch
 
-from bgbias.config import load_params
+from bgbias.core.config import load_params
 from bgbias.engine import train
 from bgbias.engine.device import DeviceSetup
 from bgbias.engine.train import fit
 from bgbias.engine.train_input import device_batches
-from bgbias.errors import BgbiasError
-from bgbias.layout import Layout
+from bgbias.core.errors import BgbiasError
+from bgbias.core.layout import Layout
 from tests.conftest import write_params
 
 CPU = DeviceSetup(torch.device("cpu"), 0)
@@ -78,7 +78,7 @@ def test_training_with_the_input_ahead_equals_training_without(tiny_project, mon
 def test_embedding_passes_with_the_input_ahead_equal_the_inline_ones():
     # Evaluation's embed_heads makes its input (background swaps included) the same way.
     from bgbias.data.bgaugment import BackgroundPool
-    from bgbias.engine.evaluate import embed_heads
+    from bgbias.engine.embed import embed_heads
 
     rng = torch.Generator().manual_seed(0)
     pool = BackgroundPool(torch.rand(3, 3, 16, 16, generator=rng))

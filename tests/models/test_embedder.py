@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bgbias.config import ModelConfig
-from bgbias.errors import BgbiasError
+from bgbias.core.config import ModelConfig
+from bgbias.core.errors import BgbiasError
 from bgbias.models import create_model
 from bgbias.models.backbones import BACKBONES
 from tests.conftest import ASSETS

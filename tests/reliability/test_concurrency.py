@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bgbias.errors import BgbiasError
-from bgbias.process_guard import hold_folder, lock_file_of
+from bgbias.core.errors import BgbiasError
+from bgbias.core.process_guard import hold_folder, lock_file_of
 from tests.conftest import write_params
 from tests.reliability.conftest import Probe, assert_only_changed, assert_refused
 

@@ -105,10 +105,10 @@ def test_a_stage_folder_that_is_a_link_elsewhere_is_refused(probe, stage, folder
 
 
 def test_training_refuses_a_checkpoint_folder_linked_elsewhere(tiny_project, tmp_path):
-    from bgbias.config import load_params
+    from bgbias.core.config import load_params
     from bgbias.engine.train import fit
-    from bgbias.errors import BgbiasError
-    from bgbias.layout import Layout
+    from bgbias.core.errors import BgbiasError
+    from bgbias.core.layout import Layout
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bgbias.local_services import LocalPostgres, MlflowServer, postgres_bin_dir
+from bgbias.tracking.local_services import LocalPostgres, MlflowServer, postgres_bin_dir
 
 
 @pytest.fixture(scope="session")

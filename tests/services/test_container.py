@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bgbias.config import load_params, parse_params
+from bgbias.core.config import load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[2]
 

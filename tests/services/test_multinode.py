@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 
-from bgbias.local_services import free_port
+from bgbias.tracking.local_services import free_port
 from tests.conftest import write_params
 
 

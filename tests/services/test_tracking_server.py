@@ -7,10 +7,10 @@ import json
 import logging
 
 from bgbias.cli import main
-from bgbias.config import load_params
+from bgbias.core.config import load_params
 from bgbias.engine.train import RunTarget, fit
-from bgbias.layout import Layout
-from bgbias.tracking import UNSENT, MlflowTracker, project_store
+from bgbias.core.layout import Layout
+from bgbias.tracking.mlflow import UNSENT, MlflowTracker, project_store
 from tests.conftest import write_params
 from tests.services.conftest import start_server
 
@@ -65,7 +65,7 @@ def test_a_server_lost_mid_run_gets_the_kept_updates_later(postgres, tiny_projec
             if epoch == 1:
                 server.stop()
 
-        with caplog.at_level(logging.WARNING, logger="bgbias.tracking"):
+        with caplog.at_level(logging.WARNING, logger="bgbias.tracking.mlflow"):
             result = fit(params, Layout(tiny_project), "base", tracker, progress=False,
                          target=RunTarget(on_epoch=lose_server))
         assert result["epochs_run"] == 3  # training went on

@@ -10,9 +10,9 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from bgbias import tuning
-from bgbias.config import load_params
-from bgbias.layout import Layout
+from bgbias.studies import tuning
+from bgbias.core.config import load_params
+from bgbias.core.layout import Layout
 from tests.conftest import write_params
 from tests.services.conftest import bgbias
 

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from bgbias.errors import BgbiasError
-from bgbias.local_services import free_port
-from bgbias.services import probe, redact, require
+from bgbias.core.errors import BgbiasError
+from bgbias.tracking.local_services import free_port
+from bgbias.tracking.services import probe, redact, require
 from tests.conftest import write_params
 from tests.services.conftest import bgbias
 

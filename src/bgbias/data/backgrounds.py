@@ -17,11 +17,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from bgbias.config import BackgroundsConfig
-from bgbias.data.images import is_image_file, load_rgb
+from bgbias.core.config import BackgroundsConfig
+from bgbias.core.images import is_image_file, load_rgb
 from bgbias.data.textures import procedural_texture
-from bgbias.errors import BgbiasError
-from bgbias.files import save_image, write_json
+from bgbias.core.errors import BgbiasError
+from bgbias.core.files import save_image, write_json
 
 log = logging.getLogger(__name__)
 

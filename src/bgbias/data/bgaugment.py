@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from bgbias.data.images import is_image_file, load_rgb
-from bgbias.errors import BgbiasError
+from bgbias.core.images import is_image_file, load_rgb
+from bgbias.core.errors import BgbiasError
 
 # A crop covers this share range of the photo's side: large enough to look like a scene,
 # small enough that two images rarely get the same background pixels.

@@ -23,9 +23,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from bgbias.data.image_dataset import MaskedImageDataset
-from bgbias.data.masks import mask_path_for
-from bgbias.errors import BgbiasError
-from bgbias.files import save_image
+from bgbias.masks.compute import mask_path_for
+from bgbias.core.errors import BgbiasError
+from bgbias.core.files import save_image
 
 # A soft rembg mask's edge pixels still carry the object's colour: the removed region is the
 # mask above 0.5 grown by this many pixels, so no halo of the object is left to fill from.

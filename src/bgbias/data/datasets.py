@@ -26,11 +26,11 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from PIL import Image
 from tqdm import tqdm
 
-from bgbias.config import DatasetConfig, IndexConfig
-from bgbias.data.images import is_image_file, to_rgb
-from bgbias.data.masks import mask_name
-from bgbias.errors import BgbiasError
-from bgbias.files import write_json, write_text
+from bgbias.core.config import DatasetConfig, IndexConfig
+from bgbias.core.images import is_image_file, to_rgb
+from bgbias.masks.compute import mask_name
+from bgbias.core.errors import BgbiasError
+from bgbias.core.files import write_json, write_text
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from bgbias.data.datasets import Sample
-from bgbias.data.images import load_rgb
-from bgbias.data.masks import mask_path_for
-from bgbias.errors import BgbiasError
+from bgbias.core.images import load_rgb
+from bgbias.masks.compute import mask_path_for
+from bgbias.core.errors import BgbiasError
 
 
 class MaskedImageDataset(Dataset):

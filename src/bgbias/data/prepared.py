@@ -21,8 +21,8 @@ from torchvision.transforms import v2
 
 from bgbias.data.datasets import DatasetIndex, Sample
 from bgbias.data.image_dataset import MaskedImageDataset
-from bgbias.errors import BgbiasError
-from bgbias.files import atomic_write, write_json
+from bgbias.core.errors import BgbiasError
+from bgbias.core.files import atomic_write, write_json
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from bgbias.engine.seeds import Stream, stream_rng
-from bgbias.errors import BgbiasError
+from bgbias.core.seeds import Stream, stream_rng
+from bgbias.core.errors import BgbiasError
 
 
 class MPerClassBatchSampler:

@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from bgbias.config import SyntheticConfig
+from bgbias.core.config import SyntheticConfig
 from bgbias.data.textures import procedural_texture
-from bgbias.files import save_image, write_text
+from bgbias.core.files import save_image, write_text
 
 SHAPES = ("circle", "triangle", "square", "pentagon", "hexagon", "star", "cross", "ellipse", "diamond")
 PATTERNS = ("solid", "stripes", "checker", "dots", "rings")

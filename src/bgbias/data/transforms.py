@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from bgbias.config import TrainConfig
+from bgbias.core.config import TrainConfig
 
 
 def train_transform(cfg: TrainConfig) -> v2.Transform:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bgbias.errors import BgbiasError
+from bgbias.core.errors import BgbiasError
 
 
 @dataclass(frozen=True)

@@ -30,29 +30,29 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from bgbias import loss_params
-from bgbias.config import MODES, Params, TrainConfig
+from bgbias.core import loss_params
+from bgbias.core.config import MODES, Params, TrainConfig
 from bgbias.data.bgaugment import BackgroundDraw, BackgroundPool
 from bgbias.data.datasets import DatasetIndex
 from bgbias.data.image_dataset import MaskedImageDataset
 from bgbias.data.prepared import open_split, pad_collate
 from bgbias.data.sampler import MPerClassBatchSampler
 from bgbias.data.transforms import eval_transform, train_transform
-from bgbias.engine.checkpoint import load_checkpoint, recover_best, save_checkpoint, save_epoch
+from bgbias.models.checkpoint import load_checkpoint, recover_best, save_checkpoint, save_epoch
 from bgbias.engine.device import DeviceSetup, device_setup
 from bgbias.engine.distributed import Distributed, init_distributed
-from bgbias.engine.evaluate import embed, retrieval_metrics
-from bgbias.engine.seeds import Stream, derived_seed
+from bgbias.engine.embed import embed, retrieval_metrics
+from bgbias.core.seeds import Stream, derived_seed
 from bgbias.engine.train_input import TrainInput, device_batches
-from bgbias.errors import BgbiasError
-from bgbias.files import refuse_linked, write_json
-from bgbias.inputs import training_inputs
-from bgbias.layout import Layout
-from bgbias.lineage import training_input
-from bgbias.losses import create_loss
+from bgbias.core.errors import BgbiasError
+from bgbias.core.files import refuse_linked, write_json
+from bgbias.data.inputs import training_inputs
+from bgbias.core.layout import Layout
+from bgbias.tracking.lineage import training_input
+from bgbias.losses.registry import create_loss
 from bgbias.models import Embedder, initial_model
-from bgbias.tracking import NullTracker, Tracker, context_tags
-from bgbias.tuned import apply_tuned_lr, read_tuned
+from bgbias.tracking.mlflow import NullTracker, Tracker, context_tags
+from bgbias.losses.tuned import apply_tuned_lr, read_tuned
 
 log = logging.getLogger(__name__)
 

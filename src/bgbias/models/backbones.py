@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bgbias.engine.checkpoint import safe_load
-from bgbias.errors import BgbiasError
+from bgbias.models.checkpoint import safe_load
+from bgbias.core.errors import BgbiasError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _load_file(path: Path, what: str) -> dict[str, torch.Tensor]:
 def efficientnet_lite0(weights: Path | None, assets_dir: Path, pretrained: bool = True) -> Backbone:
     import timm
 
-    from bgbias.assets import asset_path
+    from bgbias.core.assets import asset_path
 
     model = timm.create_model("efficientnet_lite0", pretrained=False)
     if pretrained:

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bgbias.config import ModelConfig
-from bgbias.engine.seeds import Stream, derived_seed
+from bgbias.core.config import ModelConfig
+from bgbias.core.seeds import Stream, derived_seed
 from bgbias.models.backbones import Backbone, create_backbone
 
 

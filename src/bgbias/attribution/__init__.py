@@ -1,0 +1,1 @@
+"""SmoothGrad saliency and the attention score."""

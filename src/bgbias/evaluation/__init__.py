@@ -1,0 +1,1 @@
+"""Retrieval metrics on the test split: clean, replaced backgrounds and the background-swap conditions."""

@@ -1,0 +1,1 @@
+"""The five metric-learning losses: registry and tuned values."""

@@ -1,0 +1,1 @@
+"""Reports: the results tables and figures, and the query tool."""

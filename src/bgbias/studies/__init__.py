@@ -1,0 +1,1 @@
+"""Studies built from trainings: tuning (Optuna), the bias curve, the paper grid."""

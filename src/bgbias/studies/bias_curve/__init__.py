@@ -1,0 +1,1 @@
+"""The bias curve: MAP@R against background correlation and BGAugment probability."""

@@ -1,0 +1,1 @@
+"""The paper's full grid: datasets x losses x modes, locally or on Ray."""

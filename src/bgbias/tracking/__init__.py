@@ -1,0 +1,1 @@
+"""MLflow: the tracker, the offline outbox, the model registry, lineage, the served model and services."""
